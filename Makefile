@@ -1,0 +1,40 @@
+# flip-nvflare developer commands. Every target installs what it needs into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned: 2.13.0 is a CPU build already on disk on our machines; a looser pin pulls CUDA.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install test test-fast lint bench demo demo-prod clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[dev,pt]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check flip_nvflare tests bench
+	$(VENV)/bin/ruff format --check flip_nvflare tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+demo: $(STAMP)
+	$(VENV)/bin/flip-nvflare demo
+
+demo-prod: $(STAMP)
+	$(VENV)/bin/flip-nvflare demo --prod
+
+clean:
+	rm -rf $(VENV) .work build *.egg-info

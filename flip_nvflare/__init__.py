@@ -1,0 +1,64 @@
+"""flip-nvflare: connects NVIDIA FLARE jobs to FLIP, the Federated Learning and Interoperability Platform.
+
+Importing this package is cheap and has no side effects: it reads no settings, opens no
+connection and imports neither NVFlare nor PyTorch. Public names are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "FLIPBase": "flip_nvflare.core.base",
+    "FLIPStandardDev": "flip_nvflare.core.standard",
+    "FLIPStandardProd": "flip_nvflare.core.standard",
+    "ModelStatus": "flip_nvflare.constants",
+    "ResourceType": "flip_nvflare.constants",
+    "JobType": "flip_nvflare.constants",
+    "HubApi": "flip_nvflare.constants",
+    "PtConstants": "flip_nvflare.constants",
+    "FlipError": "flip_nvflare.errors",
+    "FLIP": "flip_nvflare.client",
+    "send_metrics_value": "flip_nvflare.client",
+    "get_model_weights_diff": "flip_nvflare.client",
+    "prepared_cohort": "flip_nvflare.client",
+}
+
+__all__ = [
+    "FLIP",
+    "FLIPBase",
+    "FLIPStandardDev",
+    "FLIPStandardProd",
+    "FlipError",
+    "HubApi",
+    "JobType",
+    "ModelStatus",
+    "PtConstants",
+    "ResourceType",
+    "get_model_weights_diff",
+    "prepared_cohort",
+    "send_metrics_value",
+]
+
+if TYPE_CHECKING:
+    from flip_nvflare.client import FLIP, get_model_weights_diff, prepared_cohort, send_metrics_value
+    from flip_nvflare.constants import HubApi, JobType, ModelStatus, PtConstants, ResourceType
+    from flip_nvflare.core.base import FLIPBase
+    from flip_nvflare.core.standard import FLIPStandardDev, FLIPStandardProd
+    from flip_nvflare.errors import FlipError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flip_nvflare' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,115 @@
+"""Names shared by every part of flip-nvflare: statuses, resource types, job types, events, tasks."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ModelStatus(str, Enum):
+    """Lifecycle statuses of a FLIP model, as flip-api knows them.
+
+    ``TRAINING_STARTED`` is called ``RUNNING`` on H2 hubs and ``RESULTS_UPLOAD_FAILED`` exists only
+    on H2; the prod backend translates both (see :class:`HubApi`).
+    """
+
+    PENDING = "PENDING"
+    INITIATED = "INITIATED"
+    PREPARED = "PREPARED"
+    TRAINING_STARTED = "TRAINING_STARTED"
+    RESULTS_UPLOADED = "RESULTS_UPLOADED"
+    RESULTS_UPLOAD_FAILED = "RESULTS_UPLOAD_FAILED"
+    ERROR = "ERROR"
+    STOPPED = "STOPPED"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether this status ends a model's run."""
+        return self in _FINAL_STATUSES
+
+
+_FINAL_STATUSES = frozenset(
+    {ModelStatus.RESULTS_UPLOADED, ModelStatus.RESULTS_UPLOAD_FAILED, ModelStatus.ERROR, ModelStatus.STOPPED}
+)
+
+
+class ResourceType(str, Enum):
+    """Kinds of imaging data the imaging-api can fetch for an accession."""
+
+    DICOM = "DICOM"
+    NIFTI = "NIFTI"
+    SEG = "SEG"
+    ALL = "ALL"
+
+    @property
+    def assessor_type(self) -> str:
+        """The imaging-api ``assessor_type`` query value for this resource type."""
+        return "assessor" if self is ResourceType.SEG else "scan"
+
+
+class JobType(str, Enum):
+    """The FLIP job types flip-nvflare has templates for."""
+
+    STANDARD = "standard"
+    EVALUATION = "evaluation"
+    FED_OPT = "fed_opt"
+
+
+class HubApi(str, Enum):
+    """Generations of the Central Hub's flip-api (see the contracts page)."""
+
+    H1 = "h1"
+    H2 = "h2"
+
+    def status_name(self, status: ModelStatus) -> str:
+        """The status path segment this hub generation expects for ``status``."""
+        if self is HubApi.H2:
+            if status is ModelStatus.TRAINING_STARTED:
+                return "RUNNING"
+            return status.value
+        if status is ModelStatus.RESULTS_UPLOAD_FAILED:
+            return ModelStatus.ERROR.value
+        return status.value
+
+
+class FlipMode(str, Enum):
+    """Which backend a job uses: local files (dev) or the real FLIP services (prod)."""
+
+    DEV = "dev"
+    PROD = "prod"
+
+
+class FlipEvents:
+    """NVFlare event types fired by flip-nvflare components."""
+
+    TRAINING_INITIATED = "_flip_training_initiated"
+    PREPARATION_FAILED = "_flip_preparation_failed"
+    SEND_METRIC = "flip.send_metric"
+    FED_SEND_METRIC = "fed.flip.send_metric"
+    RESULTS_UPLOADED = "_flip_results_uploaded"
+    RESULTS_UPLOAD_FAILED = "_flip_results_upload_failed"
+
+
+class FlipTasks:
+    """NVFlare task names used by FLIP jobs."""
+
+    INIT_TRAINING = "init_training"
+    POST_VALIDATION = "post_validation"
+    INIT_TASK = "init_task"
+    POST_TASK = "post_task"
+    TRAIN = "train"
+    SUBMIT_MODEL = "submit_model"
+    VALIDATE = "validate"
+    EVALUATE = "evaluate"
+
+
+class PtConstants:
+    """File names FLIP PyTorch apps use for models (compatible with FLIP's own constants)."""
+
+    PT_SERVER_NAME = "FL_global_model.pt"
+    PT_LOCAL_NAME = "local_model.pt"
+    PT_BEST_LOCAL_NAME = "best_local_model.pt"
+    PT_BEST_SERVER_NAME = "best_FL_global_model.pt"
+
+
+#: Default id of the component that builds a job's FLIP backend.
+DEFAULT_FLIP_ID = "flip"

@@ -1,0 +1,237 @@
+"""FLIPBase: the FLIP methods every backend implements, and the argument checks they share."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flip_nvflare.constants import ModelStatus, ResourceType
+from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+_SITE_NAME = re.compile(r"site-(\d+)")
+
+ResourceTypes = ResourceType | str | Sequence[ResourceType | str]
+
+
+def check_accession_id(accession_id: object) -> str:
+    """Return ``accession_id`` if it is one safe URL path segment, else raise.
+
+    The value itself is never put in the message: it may identify a patient.
+    """
+    if not isinstance(accession_id, str) or not accession_id:
+        raise FlipInvalidArgument("accession_id must be a non-empty string.")
+    if accession_id in (".", "..") or not _SAFE_SEGMENT.fullmatch(accession_id):
+        raise FlipInvalidArgument(
+            "accession_id must be a single path segment of letters, digits, '.', '_', '~' or '-' "
+            "(and not '.' or '..'); the value is not shown because it may identify a patient."
+        )
+    return accession_id
+
+
+def check_model_id(model_id: object) -> str:
+    """Return ``model_id`` in canonical form if it is a UUID, else raise."""
+    try:
+        return str(uuid.UUID(str(model_id)))
+    except (ValueError, TypeError, AttributeError):
+        shown = repr(model_id) if len(repr(model_id)) <= 60 else repr(model_id)[:57] + "..."
+        raise FlipInvalidArgument(
+            f"model_id must be a UUID such as '3fa85f64-5717-4562-b3fc-2c963f66afa6', got {shown}."
+        ) from None
+
+
+def check_text(name: str, value: object) -> str:
+    """Return ``value`` if it is a non-empty string, else raise naming the argument (not the value)."""
+    if not isinstance(value, str) or not value.strip():
+        raise FlipInvalidArgument(f"{name} must be a non-empty string.")
+    return value
+
+
+def check_round(value: object) -> int:
+    """Return ``value`` as a global round (an int >= 0), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FlipInvalidArgument(f"round must be an integer >= 0, got {value!r}.")
+    return value
+
+
+def as_model_status(value: object) -> ModelStatus:
+    """Return ``value`` as a :class:`ModelStatus`, accepting its name as a string."""
+    try:
+        return value if isinstance(value, ModelStatus) else ModelStatus(str(value))
+    except ValueError:
+        names = ", ".join(s.value for s in ModelStatus)
+        raise FlipInvalidArgument(f"Unknown model status {value!r}; use one of {names}.") from None
+
+
+def as_resource_types(resource_type: ResourceTypes) -> list[ResourceType]:
+    """Normalise one resource type or a list of them (names accepted) to a de-duplicated list."""
+    items: Iterable[ResourceType | str]
+    items = [resource_type] if isinstance(resource_type, (str, ResourceType)) else resource_type
+    result: list[ResourceType] = []
+    for item in items:
+        try:
+            rt = item if isinstance(item, ResourceType) else ResourceType(str(item).upper())
+        except ValueError:
+            names = ", ".join(r.value for r in ResourceType)
+            raise FlipInvalidArgument(f"Unknown resource type {item!r}; use one of {names}.") from None
+        if rt not in result:
+            result.append(rt)
+    if not result:
+        raise FlipInvalidArgument("resource_type must name at least one resource type.")
+    return result
+
+
+def finite_float(value: object) -> float | None:
+    """``value`` as a float if it is a finite real number, else ``None``."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def default_trust_name(client_name: str) -> str:
+    """Map an NVFlare client name to a hub trust name: ``site-N`` -> ``Trust_N``, others unchanged."""
+    match = _SITE_NAME.fullmatch(client_name)
+    return f"Trust_{match.group(1)}" if match else client_name
+
+
+def remove_inside(path: str | Path, roots: Sequence[Path]) -> bool:
+    """Delete ``path`` (file or folder) if it lies strictly inside one of ``roots``.
+
+    Returns:
+        True if something was deleted, False if the path did not exist.
+
+    Raises:
+        FlipConfigError: No roots were configured.
+        FlipInvalidArgument: The path is not strictly inside a root.
+    """
+    if not roots:
+        raise FlipConfigError(
+            "cleanup is disabled: this backend was given no folders it may clean "
+            "(pass cleanable_dirs=, or set IMAGES_DIR and NET_ID in prod)."
+        )
+    target = Path(path).resolve()
+    for root in roots:
+        resolved_root = Path(root).resolve()
+        if target != resolved_root and target.is_relative_to(resolved_root):
+            break
+    else:
+        raise FlipInvalidArgument(
+            "cleanup refused: the path is not inside a folder this backend may clean "
+            f"({', '.join(str(r) for r in roots)})."
+        )
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+        return True
+    if target.exists() or target.is_symlink():
+        target.unlink()
+        return True
+    return False
+
+
+class FLIPBase(ABC):
+    """The FLIP methods, with the same names, arguments and meaning in every backend.
+
+    A backend is cheap to construct: settings are read and checked when a method that needs them
+    first runs. Backends are safe to use from several threads.
+    """
+
+    @abstractmethod
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
+        """Fetch the cohort of ``query`` for ``project_id`` as a DataFrame.
+
+        Args:
+            project_id: The encrypted project id written into the client job config by the hub.
+            query: The cohort SQL (against the ``omop`` schema).
+
+        Returns:
+            One row per record; usually with an ``accession_id`` column.
+        """
+
+    @abstractmethod
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceTypes = ResourceType.NIFTI
+    ) -> Path:
+        """Make the images of one accession available locally and return their folder.
+
+        Args:
+            project_id: The encrypted project id.
+            accession_id: The accession (a single safe path segment).
+            resource_type: One resource type or a list of them; all land in the same folder.
+        """
+
+    @abstractmethod
+    def add_resource(
+        self,
+        project_id: str,
+        accession_id: str,
+        scan_id: str,
+        resource_id: str,
+        files: Sequence[str | Path],
+    ) -> list[str]:
+        """Upload files as a new resource of a scan of an accession; return what the service reports."""
+
+    @abstractmethod
+    def update_status(self, model_id: str, new_model_status: ModelStatus | str) -> None:
+        """Report the model's lifecycle status to the hub."""
+
+    @abstractmethod
+    def send_metrics(
+        self,
+        client_name: str,
+        model_id: str,
+        label: str,
+        value: float,
+        round: int,
+        *,
+        x_value: float | None = None,
+        x_label: str | None = None,
+        trust_name: str | None = None,
+    ) -> bool:
+        """Send one metric value of one client to the hub.
+
+        Args:
+            client_name: The NVFlare client name (``site-1``) or the hub's trust name.
+            model_id: The model (a UUID).
+            label: The metric's name, e.g. ``LOSS_FUNCTION``.
+            value: The value; a non-finite value is skipped with a warning.
+            round: The global round (>= 0).
+            x_value: Optional x coordinate (H2 hubs); defaults to the round.
+            x_label: Optional x-axis name (H2 hubs), 1-64 characters.
+            trust_name: The hub's name for the client's trust; by default ``site-N`` -> ``Trust_N``.
+
+        Returns:
+            True if sent, False if skipped as non-finite.
+        """
+
+    @abstractmethod
+    def send_handled_exception(
+        self, formatted_exception: str, client_name: str, model_id: str, *, trust_name: str | None = None
+    ) -> None:
+        """Record a client's (sanitized) exception text in the hub's logs for the model."""
+
+    @abstractmethod
+    def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
+        """Zip ``results_folder`` and store it for the model; return where it was stored.
+
+        The folder is never modified or deleted.
+        """
+
+    @abstractmethod
+    def cleanup(self, path: str | Path) -> bool:
+        """Delete ``path`` if it lies inside a folder this backend may clean; refuse otherwise."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release pooled connections and other resources. Safe to call more than once."""

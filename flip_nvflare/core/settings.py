@@ -1,0 +1,199 @@
+"""Settings of the FLIP backends: from constructor arguments, else from the environment.
+
+Nothing here runs at import time. Each group of settings (hub, trust, results) is read and checked
+the first time a method that needs it runs, so a trust process never needs hub settings and vice
+versa. A missing or malformed setting raises :class:`~flip_nvflare.errors.FlipConfigError` naming
+every variable that needs attention, not just the first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flip_nvflare.constants import HubApi
+from flip_nvflare.errors import FlipConfigError
+
+DEFAULT_HUB_KEY_HEADER = "X-Internal-Service-Key"
+DEFAULT_TRUST_KEY_HEADER = "X-Trust-Internal-Service-Key"
+DEFAULT_HTTP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """What the fl-server needs to talk to flip-api."""
+
+    url: str
+    key: str
+    key_header: str
+    hub_api: HubApi
+    timeout: float
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """What an fl-client needs to talk to its trust's data-access-api and imaging-api."""
+
+    data_access_url: str | None
+    imaging_url: str | None
+    key: str
+    key_header: str
+    net_id: str | None
+    images_dir: Path | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ResultsSettings:
+    """Where the fl-server stores a run's results."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+
+
+class SettingsReader:
+    """Resolves settings from explicit values first, then from an environment mapping.
+
+    Args:
+        explicit: Values given to a backend's constructor, keyed by environment variable name;
+            ``None`` means "not given".
+        env: The environment to fall back on (``os.environ`` when ``None``).
+    """
+
+    def __init__(self, explicit: Mapping[str, Any], env: Mapping[str, str] | None = None) -> None:
+        self._explicit = {k: v for k, v in explicit.items() if v is not None}
+        self._env = env
+
+    def raw(self, name: str) -> Any:
+        """The value of ``name``: explicit, else environment, else ``None`` (empty counts as unset)."""
+        if name in self._explicit:
+            return self._explicit[name]
+        env = os.environ if self._env is None else self._env
+        value = env.get(name)
+        if value is None or str(value).strip() == "":
+            return None
+        return value
+
+    def require(self, purpose: str, names: list[str]) -> dict[str, Any]:
+        """Return the values of ``names``, raising one error that lists every missing one.
+
+        Args:
+            purpose: What the settings are for, used in the error ("talk to flip-api").
+            names: Environment variable names that must be set.
+        """
+        values = {name: self.raw(name) for name in names}
+        missing = [name for name, value in values.items() if value is None]
+        if missing:
+            raise FlipConfigError(
+                f"Missing setting{'s' if len(missing) > 1 else ''} to {purpose}: {', '.join(missing)}. "
+                "Set these environment variables in the FL process (or pass the matching "
+                "constructor arguments)."
+            )
+        return values
+
+    def timeout(self) -> float:
+        """``FLIP_HTTP_TIMEOUT`` in seconds (default 30), checked to be a positive number."""
+        raw = self.raw("FLIP_HTTP_TIMEOUT")
+        if raw is None:
+            return DEFAULT_HTTP_TIMEOUT
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise FlipConfigError(f"FLIP_HTTP_TIMEOUT must be a number of seconds, got {raw!r}.") from None
+        if not math.isfinite(value) or value <= 0:
+            raise FlipConfigError(f"FLIP_HTTP_TIMEOUT must be a positive number of seconds, got {raw!r}.")
+        return value
+
+    def hub_api(self) -> HubApi:
+        """``FLIP_HUB_API``: ``h1`` (default) or ``h2``."""
+        raw = self.raw("FLIP_HUB_API")
+        if raw is None:
+            return HubApi.H1
+        if isinstance(raw, HubApi):
+            return raw
+        try:
+            return HubApi(str(raw).strip().lower())
+        except ValueError:
+            raise FlipConfigError(f"FLIP_HUB_API must be 'h1' or 'h2', got {raw!r}.") from None
+
+
+def check_url(name: str, value: str) -> str:
+    """Check that ``value`` is an http(s) URL and return it without surrounding whitespace."""
+    url = str(value).strip()
+    if not (url.startswith("http://") or url.startswith("https://")) or len(url.split("://", 1)[1]) == 0:
+        raise FlipConfigError(f"{name} must be an http:// or https:// URL, got {value!r}.")
+    return url
+
+
+def parse_bucket(value: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix``, ``bucket/prefix`` or ``bucket`` into (bucket, prefix).
+
+    The prefix comes back without leading or trailing slashes (possibly empty).
+    """
+    text = str(value).strip()
+    if text.startswith("s3://"):
+        text = text[len("s3://") :]
+    elif "://" in text:
+        raise FlipConfigError(
+            f"UPLOADED_FEDERATED_DATA_BUCKET must be s3://bucket[/prefix] or a bucket name, got {value!r}."
+        )
+    bucket, _, prefix = text.partition("/")
+    if not bucket:
+        raise FlipConfigError(f"UPLOADED_FEDERATED_DATA_BUCKET names no bucket ({value!r}); use s3://bucket[/prefix].")
+    return bucket, prefix.strip("/")
+
+
+def read_hub_settings(reader: SettingsReader) -> HubSettings:
+    """Read and check the settings the fl-server needs for flip-api."""
+    values = reader.require("talk to flip-api", ["FLIP_API_INTERNAL_URL", "INTERNAL_SERVICE_KEY"])
+    return HubSettings(
+        url=check_url("FLIP_API_INTERNAL_URL", values["FLIP_API_INTERNAL_URL"]),
+        key=str(values["INTERNAL_SERVICE_KEY"]),
+        key_header=str(reader.raw("INTERNAL_SERVICE_KEY_HEADER") or DEFAULT_HUB_KEY_HEADER),
+        hub_api=reader.hub_api(),
+        timeout=reader.timeout(),
+    )
+
+
+def read_trust_settings(reader: SettingsReader, *, service: str) -> TrustSettings:
+    """Read and check the settings an fl-client needs for one trust service.
+
+    Args:
+        reader: The settings source.
+        service: ``"data-access-api"`` or ``"imaging-api"``; decides which URL (and, for imaging,
+            ``NET_ID``) is required.
+    """
+    if service == "data-access-api":
+        required = ["DATA_ACCESS_API_URL", "TRUST_INTERNAL_SERVICE_KEY"]
+    else:
+        required = ["IMAGING_API_URL", "TRUST_INTERNAL_SERVICE_KEY", "NET_ID"]
+    values = reader.require(f"talk to the trust's {service}", required)
+    data_url = reader.raw("DATA_ACCESS_API_URL")
+    imaging_url = reader.raw("IMAGING_API_URL")
+    images_dir = reader.raw("IMAGES_DIR")
+    return TrustSettings(
+        data_access_url=check_url("DATA_ACCESS_API_URL", data_url) if data_url else None,
+        imaging_url=check_url("IMAGING_API_URL", imaging_url) if imaging_url else None,
+        key=str(values["TRUST_INTERNAL_SERVICE_KEY"]),
+        key_header=str(reader.raw("TRUST_INTERNAL_SERVICE_KEY_HEADER") or DEFAULT_TRUST_KEY_HEADER),
+        net_id=str(reader.raw("NET_ID")) if reader.raw("NET_ID") else None,
+        images_dir=Path(str(images_dir)) if images_dir else None,
+        timeout=reader.timeout(),
+    )
+
+
+def read_results_settings(reader: SettingsReader) -> ResultsSettings:
+    """Read and check where results go in S3."""
+    values = reader.require("upload results to S3", ["UPLOADED_FEDERATED_DATA_BUCKET"])
+    bucket, prefix = parse_bucket(values["UPLOADED_FEDERATED_DATA_BUCKET"])
+    endpoint = reader.raw("AWS_ENDPOINT_URL_S3") or reader.raw("AWS_ENDPOINT_URL")
+    return ResultsSettings(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=check_url("AWS_ENDPOINT_URL_S3", endpoint) if endpoint else None,
+    )

@@ -1,0 +1,677 @@
+"""The two FLIP backends: FLIPStandardProd (the real FLIP services) and FLIPStandardDev (local files)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flip_nvflare.constants import ModelStatus, ResourceType
+from flip_nvflare.core.base import (
+    FLIPBase,
+    ResourceTypes,
+    as_model_status,
+    as_resource_types,
+    check_accession_id,
+    check_model_id,
+    check_round,
+    check_text,
+    default_trust_name,
+    finite_float,
+    remove_inside,
+)
+from flip_nvflare.core.http import RetryPolicy, ServiceClient
+from flip_nvflare.core.results import check_results_folder, results_key, upload_zip, zip_folder, zipped
+from flip_nvflare.core.settings import (
+    HubSettings,
+    ResultsSettings,
+    SettingsReader,
+    TrustSettings,
+    read_hub_settings,
+    read_results_settings,
+    read_trust_settings,
+)
+from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument, FlipInvalidResponse, FlipMissingData
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+_MAX_LOG_CHARS = 64 * 1024
+_MAX_X_LABEL = 64
+
+
+def _check_x_axis(x_value: float | None, x_label: str | None) -> tuple[float | None, str | None]:
+    if x_value is not None and finite_float(x_value) is None:
+        raise FlipInvalidArgument(f"x_value must be a finite number, got {x_value!r}.")
+    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= _MAX_X_LABEL):
+        raise FlipInvalidArgument("x_label must be a string of 1 to 64 characters.")
+    return (float(x_value) if x_value is not None else None), x_label
+
+
+class FLIPStandardProd(FLIPBase):
+    """Talks to the real FLIP services over HTTP (flip-api, data-access-api, imaging-api) and S3.
+
+    Every argument is optional: one left as ``None`` is read from the environment variable named
+    in brackets when a method that needs it first runs.
+
+    Args:
+        flip_api_url: flip-api base URL, routes under ``/api`` (``FLIP_API_INTERNAL_URL``).
+        hub_key: The hub's internal service key (``INTERNAL_SERVICE_KEY``).
+        hub_key_header: Header for the hub key (``INTERNAL_SERVICE_KEY_HEADER``).
+        data_access_api_url: The trust's data-access-api (``DATA_ACCESS_API_URL``).
+        imaging_api_url: The trust's imaging-api (``IMAGING_API_URL``).
+        trust_key: The trust's internal service key (``TRUST_INTERNAL_SERVICE_KEY``).
+        trust_key_header: Header for the trust key (``TRUST_INTERNAL_SERVICE_KEY_HEADER``).
+        net_id: The trust's imaging network id (``NET_ID``).
+        images_dir: Root of the shared images volume (``IMAGES_DIR``).
+        results_bucket: ``s3://bucket[/prefix]`` for results (``UPLOADED_FEDERATED_DATA_BUCKET``).
+        http_timeout: Seconds per HTTP attempt (``FLIP_HTTP_TIMEOUT``, default 30).
+        hub_api: ``h1`` or ``h2`` (``FLIP_HUB_API``, default ``h1``).
+        s3_endpoint_url: S3-compatible endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
+        cleanable_dirs: Folders :meth:`cleanup` may delete inside; default ``IMAGES_DIR/NET_ID``.
+        retry: Retry policy for transient HTTP failures.
+        env: Mapping used instead of ``os.environ``.
+    """
+
+    def __init__(
+        self,
+        *,
+        flip_api_url: str | None = None,
+        hub_key: str | None = None,
+        hub_key_header: str | None = None,
+        data_access_api_url: str | None = None,
+        imaging_api_url: str | None = None,
+        trust_key: str | None = None,
+        trust_key_header: str | None = None,
+        net_id: str | None = None,
+        images_dir: str | Path | None = None,
+        results_bucket: str | None = None,
+        http_timeout: float | None = None,
+        hub_api: str | None = None,
+        s3_endpoint_url: str | None = None,
+        cleanable_dirs: Sequence[str | Path] | None = None,
+        retry: RetryPolicy | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._reader = SettingsReader(
+            {
+                "FLIP_API_INTERNAL_URL": flip_api_url,
+                "INTERNAL_SERVICE_KEY": hub_key,
+                "INTERNAL_SERVICE_KEY_HEADER": hub_key_header,
+                "DATA_ACCESS_API_URL": data_access_api_url,
+                "IMAGING_API_URL": imaging_api_url,
+                "TRUST_INTERNAL_SERVICE_KEY": trust_key,
+                "TRUST_INTERNAL_SERVICE_KEY_HEADER": trust_key_header,
+                "NET_ID": net_id,
+                "IMAGES_DIR": str(images_dir) if images_dir is not None else None,
+                "UPLOADED_FEDERATED_DATA_BUCKET": results_bucket,
+                "FLIP_HTTP_TIMEOUT": http_timeout,
+                "FLIP_HUB_API": hub_api,
+                "AWS_ENDPOINT_URL_S3": s3_endpoint_url,
+            },
+            env,
+        )
+        self._cleanable = [Path(p) for p in cleanable_dirs] if cleanable_dirs is not None else None
+        self._retry = retry or RetryPolicy()
+        self._lock = threading.Lock()
+        self._clients: dict[str, ServiceClient] = {}
+        self._hub: HubSettings | None = None
+        self._trust: dict[str, TrustSettings] = {}
+        self._results: ResultsSettings | None = None
+        self._s3: Any = None
+
+    # ---------------------------------------------------------------- settings and clients
+
+    def hub_settings(self) -> HubSettings:
+        """The flip-api settings, read and checked on first use."""
+        with self._lock:
+            if self._hub is None:
+                self._hub = read_hub_settings(self._reader)
+            return self._hub
+
+    def trust_settings(self, service: str) -> TrustSettings:
+        """The trust settings needed for ``service`` (data-access-api or imaging-api)."""
+        with self._lock:
+            if service not in self._trust:
+                self._trust[service] = read_trust_settings(self._reader, service=service)
+            return self._trust[service]
+
+    def _client(self, service: str) -> ServiceClient:
+        if service == "flip-api":
+            hub = self.hub_settings()
+            url, header, key, timeout = hub.url, hub.key_header, hub.key, hub.timeout
+        else:
+            trust = self.trust_settings(service)
+            base = trust.data_access_url if service == "data-access-api" else trust.imaging_url
+            assert base is not None  # required by read_trust_settings for this service
+            url, header, key, timeout = base, trust.key_header, trust.key, trust.timeout
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                client = ServiceClient(
+                    service=service, base_url=url, key_header=header, key=key, timeout=timeout, retry=self._retry
+                )
+                self._clients[service] = client
+            return client
+
+    def close(self) -> None:
+        """Close every pooled HTTP connection."""
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    # ---------------------------------------------------------------- trust side
+
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
+        """Fetch the cohort from the trust's data-access-api (see :meth:`FLIPBase.get_dataframe`)."""
+        from flip_nvflare.core.frames import dataframe_from_columns_json
+
+        check_text("project_id", project_id)
+        check_text("query", query)
+        response = self._client("data-access-api").request(
+            "POST",
+            "/cohort/dataframe",
+            json_body={"encrypted_project_id": project_id, "query": query},
+            redact=(query, project_id),
+        )
+        t0 = time.monotonic()
+        frame = dataframe_from_columns_json(response.content)
+        logger.info(
+            "data-access-api cohort decoded: %d rows x %d columns in %.0f ms",
+            len(frame),
+            len(frame.columns),
+            (time.monotonic() - t0) * 1000,
+        )
+        return frame
+
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceTypes = ResourceType.NIFTI
+    ) -> Path:
+        """Ask the imaging-api to download one accession's images (one call per resource type)."""
+        check_text("project_id", project_id)
+        check_accession_id(accession_id)
+        types = as_resource_types(resource_type)
+        client = self._client("imaging-api")
+        settings = self.trust_settings("imaging-api")
+        assert settings.net_id is not None
+        folder: Path | None = None
+        for rt in types:
+            response = client.request(
+                "POST",
+                "/download/images/{net_id}",
+                path_params={"net_id": settings.net_id},
+                params={"assessor_type": rt.assessor_type, "resource_type": rt.value},
+                json_body={"encrypted_central_hub_project_id": project_id, "accession_id": accession_id},
+                redact=(accession_id, project_id),
+            )
+            path = _answer_path(response.content, settings.images_dir)
+            if folder is not None and path != folder:
+                raise FlipInvalidResponse("imaging-api returned different folders for resource types of one accession.")
+            folder = path
+        assert folder is not None
+        return folder
+
+    def add_resource(
+        self,
+        project_id: str,
+        accession_id: str,
+        scan_id: str,
+        resource_id: str,
+        files: Sequence[str | Path],
+    ) -> list[str]:
+        """Stage ``files`` under ``IMAGES_DIR/NET_ID/upload/`` and ask the imaging-api to upload them.
+
+        Returns:
+            The XNAT file URLs the imaging-api reports.
+        """
+        check_text("project_id", project_id)
+        check_accession_id(accession_id)
+        check_accession_id(scan_id)
+        check_accession_id(resource_id)
+        if not files:
+            raise FlipInvalidArgument("files must list at least one file to upload.")
+        client = self._client("imaging-api")
+        settings = self.trust_settings("imaging-api")
+        if settings.images_dir is None:
+            raise FlipConfigError("Missing setting to upload images: IMAGES_DIR (the shared images volume).")
+        assert settings.net_id is not None
+        upload_root = settings.images_dir / settings.net_id / "upload"
+        staging = upload_root / accession_id / scan_id / resource_id
+        relative: list[str] = []
+        staged: list[Path] = []
+        for item in files:
+            source = Path(item)
+            if not source.is_file():
+                raise FlipInvalidArgument("add_resource: a file to upload does not exist or is not a file.")
+            resolved = source.resolve()
+            if resolved.is_relative_to(upload_root.resolve()):
+                relative.append(resolved.relative_to(upload_root.resolve()).as_posix())
+                continue
+            staging.mkdir(parents=True, exist_ok=True)
+            target = staging / source.name
+            shutil.copyfile(source, target)
+            staged.append(target)
+            relative.append(target.relative_to(upload_root).as_posix())
+        response = client.request(
+            "PUT",
+            "/upload/images/{net_id}",
+            path_params={"net_id": settings.net_id},
+            json_body={
+                "encrypted_central_hub_project_id": project_id,
+                "accession_id": accession_id,
+                "scan_id": scan_id,
+                "resource_id": resource_id,
+                "files": relative,
+                "exist_ok": False,
+            },
+            redact=(accession_id, project_id),
+        )
+        for target in staged:
+            target.unlink(missing_ok=True)
+        try:
+            urls = json.loads(response.content)
+        except ValueError:
+            raise FlipInvalidResponse("imaging-api upload answer is not JSON.") from None
+        if not isinstance(urls, list):
+            raise FlipInvalidResponse("imaging-api upload answer is not a list of file URLs.")
+        return [str(u) for u in urls]
+
+    def cleanup(self, path: str | Path) -> bool:
+        """Delete ``path`` if it lies inside ``cleanable_dirs`` (default ``IMAGES_DIR/NET_ID``)."""
+        return remove_inside(path, self._cleanable_roots())
+
+    def _cleanable_roots(self) -> list[Path]:
+        if self._cleanable is not None:
+            return self._cleanable
+        images_dir, net_id = self._reader.raw("IMAGES_DIR"), self._reader.raw("NET_ID")
+        if images_dir and net_id:
+            return [Path(str(images_dir)) / str(net_id)]
+        return []
+
+    # ---------------------------------------------------------------- hub side
+
+    def update_status(self, model_id: str, new_model_status: ModelStatus | str) -> None:
+        """Set the model's status on flip-api (status names per hub generation)."""
+        model_id = check_model_id(model_id)
+        status = as_model_status(new_model_status)
+        hub = self.hub_settings()
+        self._client("flip-api").request(
+            "PUT",
+            "/api/model/{model_id}/status/{status}",
+            path_params={"model_id": model_id, "status": hub.hub_api.status_name(status)},
+        )
+
+    def send_metrics(
+        self,
+        client_name: str,
+        model_id: str,
+        label: str,
+        value: float,
+        round: int,
+        *,
+        x_value: float | None = None,
+        x_label: str | None = None,
+        trust_name: str | None = None,
+    ) -> bool:
+        """Post one metric to flip-api; the body suits H1 and H2 hubs at once."""
+        model_id = check_model_id(model_id)
+        check_text("client_name", client_name)
+        check_text("label", label)
+        check_round(round)
+        x_value, x_label = _check_x_axis(x_value, x_label)
+        result = finite_float(value)
+        if result is None:
+            logger.warning("Metric %r of %s skipped: value is not a finite number.", label, client_name)
+            return False
+        body: dict[str, Any] = {
+            "trust": trust_name or default_trust_name(client_name),
+            "fl_client_name": client_name,
+            "global_round": round,
+            "label": label,
+            "result": result,
+        }
+        if self.hub_settings().hub_api.value == "h2":
+            if x_value is not None:
+                body["x_value"] = x_value
+            if x_label is not None:
+                body["x_label"] = x_label
+        self._client("flip-api").request(
+            "POST", "/api/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
+        )
+        return True
+
+    def send_handled_exception(
+        self, formatted_exception: str, client_name: str, model_id: str, *, trust_name: str | None = None
+    ) -> None:
+        """Record a client's exception text in flip-api's logs for the model."""
+        model_id = check_model_id(model_id)
+        check_text("client_name", client_name)
+        text = str(formatted_exception)
+        if len(text) > _MAX_LOG_CHARS:
+            text = text[:_MAX_LOG_CHARS] + "\n[truncated]"
+        self._client("flip-api").request(
+            "POST",
+            "/api/model/{model_id}/logs",
+            path_params={"model_id": model_id},
+            json_body={
+                "trust": trust_name or default_trust_name(client_name),
+                "fl_client_name": client_name,
+                "log": text,
+                "success": False,
+            },
+        )
+
+    def send_progress_event(
+        self,
+        model_id: str,
+        event_type: str,
+        global_round: int | None,
+        details: Mapping[str, Any],
+        client_name: str | None = None,
+    ) -> None:
+        """Post a typed progress event to an H2 hub's logs endpoint.
+
+        Raises:
+            FlipConfigError: The hub is not H2 (H1 hubs have no typed events).
+        """
+        model_id = check_model_id(model_id)
+        if self.hub_settings().hub_api.value != "h2":
+            raise FlipConfigError("Typed progress events need an H2 hub (set FLIP_HUB_API=h2).")
+        body: dict[str, Any] = {
+            "event_type": event_type,
+            "details": dict(details),
+            "fl_client_name": client_name,
+        }
+        if global_round is not None:
+            body["global_round"] = global_round
+        self._client("flip-api").request(
+            "POST", "/api/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body
+        )
+
+    def results_settings(self) -> ResultsSettings:
+        """The S3 settings, read and checked on first use."""
+        with self._lock:
+            if self._results is None:
+                self._results = read_results_settings(self._reader)
+            return self._results
+
+    def _s3_client(self) -> Any:
+        settings = self.results_settings()
+        with self._lock:
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
+
+                self._s3 = boto3.client(
+                    "s3",
+                    endpoint_url=settings.endpoint_url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10),
+                )
+            return self._s3
+
+    def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
+        """Zip the folder and upload it to ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip``.
+
+        Returns:
+            The ``s3://`` URI of the uploaded object.
+
+        Raises:
+            FlipResultsUploadError: Zipping or uploading failed; the folder is left intact.
+        """
+        from flip_nvflare.errors import FlipResultsUploadError
+
+        model_id = check_model_id(model_id)
+        folder = check_results_folder(results_folder)
+        settings = self.results_settings()
+        key = results_key(settings.prefix, model_id)
+        try:
+            client = self._s3_client()
+            with zipped(folder) as zip_path:
+                upload_zip(client, zip_path, settings.bucket, key)
+        except FlipResultsUploadError:
+            raise
+        except Exception as exc:  # zipping or client creation
+            raise FlipResultsUploadError(
+                f"Preparing the results upload to s3://{settings.bucket}/{key} failed "
+                f"({type(exc).__name__}); the results folder was left intact."
+            ) from exc
+        return f"s3://{settings.bucket}/{key}"
+
+
+def _answer_path(body: bytes, images_dir: Path | None) -> Path:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise FlipInvalidResponse("imaging-api download answer is not JSON.") from None
+    raw = payload.get("path") if isinstance(payload, dict) else None
+    if not isinstance(raw, str) or not raw:
+        raise FlipInvalidResponse("imaging-api download answer has no 'path'.")
+    path = Path(raw)
+    if not path.is_absolute():
+        raise FlipInvalidResponse("imaging-api download answer 'path' is not absolute.")
+    if images_dir is not None and not path.resolve().is_relative_to(images_dir.resolve()):
+        raise FlipInvalidResponse("imaging-api download answer 'path' is outside IMAGES_DIR.")
+    return path
+
+
+class FLIPStandardDev(FLIPBase):
+    """Local development backend: CSV cohort, image folders, and a ledger instead of the hub.
+
+    Hub-facing methods touch no network: they append what they would have sent to
+    ``status.jsonl``, ``metrics.jsonl`` and ``logs.jsonl`` in ``output_dir``, and results zips are
+    written to ``output_dir/results/<model_id>/``.
+
+    Args:
+        dataframe_csv: The cohort CSV, with an ``accession_id`` column (``DEV_DATAFRAME``).
+        images_dir: Folder holding one sub-folder per accession (``DEV_IMAGES_DIR``).
+        output_dir: Where the ledger, zips and uploaded resources go (``DEV_OUTPUT_DIR``).
+        cleanable_dirs: Folders :meth:`cleanup` may delete inside (default: none; dev data is
+            the developer's own and is never cleaned).
+        env: Mapping used instead of ``os.environ``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataframe_csv: str | Path | None = None,
+        images_dir: str | Path | None = None,
+        output_dir: str | Path | None = None,
+        cleanable_dirs: Sequence[str | Path] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._reader = SettingsReader(
+            {
+                "DEV_DATAFRAME": str(dataframe_csv) if dataframe_csv is not None else None,
+                "DEV_IMAGES_DIR": str(images_dir) if images_dir is not None else None,
+                "DEV_OUTPUT_DIR": str(output_dir) if output_dir is not None else None,
+            },
+            env,
+        )
+        self._cleanable = [Path(p) for p in cleanable_dirs or ()]
+        self._lock = threading.Lock()
+
+    def _path(self, name: str, purpose: str) -> Path:
+        return Path(str(self._reader.require(purpose, [name])[name]))
+
+    @property
+    def output_dir(self) -> Path:
+        """The dev output folder (created on first use)."""
+        path = self._path("DEV_OUTPUT_DIR", "record what dev mode would send to the hub")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _append(self, ledger: str, record: dict[str, Any]) -> None:
+        record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock, open(self.output_dir / ledger, "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
+        """Read the cohort CSV (the query is not run in dev mode)."""
+        import pandas as pd
+
+        check_text("project_id", project_id)
+        check_text("query", query)
+        csv = self._path("DEV_DATAFRAME", "read the dev cohort")
+        if not csv.is_file():
+            raise FlipMissingData(f"Dev cohort CSV {str(csv)!r} does not exist; create it or fix DEV_DATAFRAME.")
+        frame = pd.read_csv(csv)
+        if "accession_id" not in frame.columns:
+            raise FlipInvalidResponse(
+                f"Dev cohort CSV {str(csv)!r} has no 'accession_id' column; add one naming each row's image folder."
+            )
+        return frame
+
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceTypes = ResourceType.NIFTI
+    ) -> Path:
+        """Return ``<images_dir>/<accession_id>``, which must already exist."""
+        check_text("project_id", project_id)
+        check_accession_id(accession_id)
+        as_resource_types(resource_type)
+        images_dir = self._path("DEV_IMAGES_DIR", "find dev images")
+        folder = images_dir / accession_id
+        if not folder.is_dir():
+            raise FlipMissingData(
+                f"Dev image folder missing: create {str(folder)!r} holding that accession's images "
+                f"(one folder per accession_id inside {str(images_dir)!r})."
+            )
+        return folder
+
+    def add_resource(
+        self,
+        project_id: str,
+        accession_id: str,
+        scan_id: str,
+        resource_id: str,
+        files: Sequence[str | Path],
+    ) -> list[str]:
+        """Copy the files to ``output_dir/resources/<accession>/<scan>/<resource>/``."""
+        check_text("project_id", project_id)
+        for value in (accession_id, scan_id, resource_id):
+            check_accession_id(value)
+        if not files:
+            raise FlipInvalidArgument("files must list at least one file to upload.")
+        target_dir = self.output_dir / "resources" / accession_id / scan_id / resource_id
+        target_dir.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for item in files:
+            source = Path(item)
+            if not source.is_file():
+                raise FlipInvalidArgument("add_resource: a file to upload does not exist or is not a file.")
+            target = target_dir / source.name
+            shutil.copyfile(source, target)
+            copied.append(target.as_uri())
+        return copied
+
+    def update_status(self, model_id: str, new_model_status: ModelStatus | str) -> None:
+        """Append the status to ``status.jsonl``."""
+        model_id = check_model_id(model_id)
+        status = as_model_status(new_model_status)
+        self._append("status.jsonl", {"model_id": model_id, "status": status.value})
+
+    def send_metrics(
+        self,
+        client_name: str,
+        model_id: str,
+        label: str,
+        value: float,
+        round: int,
+        *,
+        x_value: float | None = None,
+        x_label: str | None = None,
+        trust_name: str | None = None,
+    ) -> bool:
+        """Append the metric to ``metrics.jsonl`` (non-finite values skipped with a warning)."""
+        model_id = check_model_id(model_id)
+        check_text("client_name", client_name)
+        check_text("label", label)
+        check_round(round)
+        x_value, x_label = _check_x_axis(x_value, x_label)
+        result = finite_float(value)
+        if result is None:
+            logger.warning("Metric %r of %s skipped: value is not a finite number.", label, client_name)
+            return False
+        record: dict[str, Any] = {
+            "model_id": model_id,
+            "trust": trust_name or default_trust_name(client_name),
+            "fl_client_name": client_name,
+            "global_round": round,
+            "label": label,
+            "result": result,
+        }
+        if x_value is not None:
+            record["x_value"] = x_value
+        if x_label is not None:
+            record["x_label"] = x_label
+        self._append("metrics.jsonl", record)
+        return True
+
+    def send_handled_exception(
+        self, formatted_exception: str, client_name: str, model_id: str, *, trust_name: str | None = None
+    ) -> None:
+        """Append the exception text to ``logs.jsonl``."""
+        model_id = check_model_id(model_id)
+        check_text("client_name", client_name)
+        self._append(
+            "logs.jsonl",
+            {
+                "model_id": model_id,
+                "trust": trust_name or default_trust_name(client_name),
+                "fl_client_name": client_name,
+                "log": str(formatted_exception)[:_MAX_LOG_CHARS],
+                "success": False,
+            },
+        )
+
+    def send_progress_event(
+        self,
+        model_id: str,
+        event_type: str,
+        global_round: int | None,
+        details: Mapping[str, Any],
+        client_name: str | None = None,
+    ) -> None:
+        """Append a typed progress event to ``logs.jsonl``."""
+        model_id = check_model_id(model_id)
+        self._append(
+            "logs.jsonl",
+            {
+                "model_id": model_id,
+                "event_type": event_type,
+                "global_round": global_round,
+                "details": dict(details),
+                "fl_client_name": client_name,
+            },
+        )
+
+    def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
+        """Write the zip that would be uploaded to ``output_dir/results/<model_id>/<ts>.zip``."""
+        from flip_nvflare.errors import FlipResultsUploadError
+
+        model_id = check_model_id(model_id)
+        folder = check_results_folder(results_folder)
+        destination = self.output_dir / "results" / results_key("", model_id)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            zip_folder(folder, destination)
+        except OSError as exc:
+            destination.unlink(missing_ok=True)
+            raise FlipResultsUploadError(
+                f"Writing the dev results zip failed ({type(exc).__name__}); the results folder was left intact."
+            ) from exc
+        return str(destination)
+
+    def cleanup(self, path: str | Path) -> bool:
+        """Delete ``path`` if it lies inside ``cleanable_dirs`` (none by default in dev mode)."""
+        return remove_inside(path, self._cleanable)
