@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flip_nvflare import client
+from flip_nvflare.client import FLIP, get_model_weights_diff, prepared_cohort, using_backend, using_run_dir
+from flip_nvflare.core.standard import FLIPStandardDev
+from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.executors.manifest import PreparedCohortError
+
+
+@pytest.fixture
+def no_registered_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "_job_backends", [])
+
+
+def test_flip_outside_a_job_explains_how_to_get_a_backend(no_registered_backends: None) -> None:
+    with pytest.raises(FlipConfigError, match="FLIPStandardDev") as info:
+        FLIP()
+    assert "FlipBackend" in str(info.value)
+
+
+def test_using_backend_is_per_thread_and_nests(no_registered_backends: None) -> None:
+    first, second = FLIPStandardDev(env={}), FLIPStandardDev(env={})
+    seen: list[object] = []
+    with using_backend(first):
+        assert FLIP() is first
+        with using_backend(second):
+            assert FLIP() is second
+        assert FLIP() is first
+
+        def other_thread() -> None:
+            try:
+                seen.append(FLIP())
+            except FlipConfigError as exc:
+                seen.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert isinstance(seen[0], FlipConfigError)
+
+
+def test_one_registered_backend_is_returned_anywhere(no_registered_backends: None) -> None:
+    backend = FLIPStandardDev(env={})
+    client.register_job_backend(backend)
+    client.register_job_backend(backend)
+    assert FLIP() is backend
+    client.register_job_backend(FLIPStandardDev(env={}))
+    with pytest.raises(FlipConfigError, match="'flip' argument"):
+        FLIP()
+
+
+def test_prepared_cohort_needs_a_job_context(tmp_path: Path) -> None:
+    with pytest.raises(FlipConfigError, match="fl_ctx"):
+        prepared_cohort()
+    with using_run_dir(tmp_path), pytest.raises(PreparedCohortError, match="CohortPreparer"):
+        prepared_cohort()
+
+
+def test_weights_diff_from_numpy_and_torch() -> None:
+    torch = pytest.importorskip("torch")
+    from nvflare.apis.dxo import DataKind, MetaKey
+
+    original = {"w": np.ones((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
+    new = {"w": torch.full((2, 3), 3.0, requires_grad=True), "b": np.array([1.0, 2.0, 3.0], dtype=np.float32)}
+    dxo = get_model_weights_diff(original, new, iterations=7)
+    assert dxo.data_kind == DataKind.WEIGHT_DIFF
+    assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 7
+    np.testing.assert_array_equal(dxo.data["w"], np.full((2, 3), 2.0, dtype=np.float32))
+    np.testing.assert_array_equal(dxo.data["b"], np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    assert dxo.data["w"].dtype == np.float32
+
+
+def test_weights_diff_errors_name_the_weight() -> None:
+    with pytest.raises(KeyError, match="'extra'"):
+        get_model_weights_diff({"w": np.zeros(1)}, {"w": np.zeros(1), "extra": np.zeros(1)}, 1)
+    with pytest.raises(ValueError, match=r"'w' changed shape from \(1,\) to \(2,\)"):
+        get_model_weights_diff({"w": np.zeros(1)}, {"w": np.zeros(2)}, 1)
+    with pytest.raises(ValueError, match="iterations"):
+        get_model_weights_diff({"w": np.zeros(1)}, {"w": np.zeros(1)}, -1)
+
+
+def test_flip_app_imports_work_from_the_package_and_stay_light() -> None:
+    probe = (
+        "import sys\n"
+        "from flip_nvflare import FLIP, send_metrics_value, get_model_weights_diff, prepared_cohort, PtConstants\n"
+        "from flip_nvflare import ResourceType, ModelStatus\n"
+        "heavy = [m for m in ('torch', 'nvflare', 'pandas') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
