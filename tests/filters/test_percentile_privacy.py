@@ -142,8 +142,10 @@ def test_numpy_typed_arguments_promote_like_stock(
 
 def test_cutoff_equals_numpy_percentile_bit_for_bit(selection: str) -> None:
     rng = np.random.default_rng(11)
+    dtype_sets: list[list[Any]] = [[np.float32], [np.float64], [np.float16], [np.float16, np.float64]]
+    percentiles: tuple[Any, ...] = (0, 100, 10, 50, 33.333333, 1e-9, 99.99999, np.float64(72.5), np.float32(12.5))
     for trial in range(30):
-        dtypes = [[np.float32], [np.float64], [np.float16], [np.float16, np.float64]][trial % 4]
+        dtypes = dtype_sets[trial % 4]
         pieces = [
             (rng.standard_normal(int(rng.integers(0, 700))) * 10.0 ** int(rng.integers(-6, 3))).astype(
                 dtypes[i % len(dtypes)]
@@ -153,7 +155,7 @@ def test_cutoff_equals_numpy_percentile_bit_for_bit(selection: str) -> None:
         pieces.append(np.ones(1, dtype=dtypes[0]))  # never empty
         total = sum(p.size for p in pieces)
         common = np.result_type(*pieces)
-        for q in (0, 100, 10, 50, 33.333333, 1e-9, 99.99999, np.float64(72.5), np.float32(12.5), np.int64(3)):
+        for q in (*percentiles, np.int64(3)):
             expected = np.percentile(np.concatenate([np.abs(p) for p in pieces]), q)
             got = pp._percentile_of_abs(pieces, common, total, q)
             assert type(got) is type(expected), (q, common)
@@ -423,6 +425,15 @@ def test_site_minimum_accepts_equal_or_stronger_settings() -> None:
     f = PercentilePrivacy(percentile=25, gamma=0.005, min_percentile=10, max_gamma=0.01)
     assert (f.percentile, f.gamma, f.off) == (25, 0.005, False)
     PercentilePrivacy(percentile=10, gamma=0.01, min_percentile=10, max_gamma=0.01)
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("off", True), ("percentile", 1), ("gamma", 0.5)])
+def test_weakening_a_built_site_filter_fails_closed(attribute: str, value: Any, fl_ctx: FLContext) -> None:
+    f = PercentilePrivacy(percentile=10, gamma=0.01, min_percentile=10, max_gamma=0.01)
+    setattr(f, attribute, value)  # e.g. job code reaching the site's filter object
+    shareable = _shareable(DataKind.WEIGHT_DIFF, {"w": np.ones(10, np.float32)})
+    with pytest.raises(ValueError, match="site m"):
+        f.process(shareable, fl_ctx)
 
 
 @pytest.mark.parametrize(
