@@ -1,1 +1,2 @@
 """Shared pytest set-up."""
+pytest_plugins = ["flip_nvflare.emulator.testing"]

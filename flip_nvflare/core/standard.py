@@ -307,7 +307,7 @@ class FLIPStandardProd(FLIPBase):
         hub = self.hub_settings()
         self._client("flip-api").request(
             "PUT",
-            "/api/model/{model_id}/status/{status}",
+            "/model/{model_id}/status/{status}",
             path_params={"model_id": model_id, "status": hub.hub_api.status_name(status)},
         )
 
@@ -346,7 +346,7 @@ class FLIPStandardProd(FLIPBase):
             if x_label is not None:
                 body["x_label"] = x_label
         self._client("flip-api").request(
-            "POST", "/api/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
+            "POST", "/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
         )
         return True
 
@@ -361,7 +361,7 @@ class FLIPStandardProd(FLIPBase):
             text = text[:_MAX_LOG_CHARS] + "\n[truncated]"
         self._client("flip-api").request(
             "POST",
-            "/api/model/{model_id}/logs",
+            "/model/{model_id}/logs",
             path_params={"model_id": model_id},
             json_body={
                 "trust": trust_name or default_trust_name(client_name),
@@ -395,7 +395,7 @@ class FLIPStandardProd(FLIPBase):
         if global_round is not None:
             body["global_round"] = global_round
         self._client("flip-api").request(
-            "POST", "/api/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body
+            "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body
         )
 
     def results_settings(self) -> ResultsSettings:

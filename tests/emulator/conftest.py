@@ -6,6 +6,7 @@ too, so these tests run even where the root conftest does not list it.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ PLUGIN = "flip_nvflare.emulator.testing"
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin(PLUGIN):
-        config.pluginmanager.import_plugin(PLUGIN)
+        config.pluginmanager.register(importlib.import_module(PLUGIN), PLUGIN)
 
 
 @pytest.fixture(scope="session")

@@ -142,6 +142,16 @@ def test_without_retries_a_down_hub_is_reported_unavailable(emu: EmulatorHandle)
     assert emu.records(model).statuses == []
 
 
+def test_clearing_faults_ends_a_down_window_early(emu: EmulatorHandle) -> None:
+    emu.stop_hub(60)
+    emu.stop_trust(60, mode="503")
+    assert not emu.health()
+    t0 = time.monotonic()
+    emu.clear_faults()  # asked of the trust: the hub is not listening
+    emu.wait_up(timeout=5)
+    assert time.monotonic() - t0 < 5
+
+
 def test_a_503_down_window_is_ridden_out_by_retries(emu: EmulatorHandle) -> None:
     emu.stop_trust(0.8, mode="503")
     assert httpx.get(f"{emu.trust_url}/health").status_code == 503
