@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "ResourceType": "flip_nvflare.constants",
     "JobType": "flip_nvflare.constants",
     "HubApi": "flip_nvflare.constants",
-    "PtConstants": "flip_nvflare.constants",
+    "PTConstants": "flip_nvflare.constants",
     "FlipError": "flip_nvflare.errors",
     "FLIP": "flip_nvflare.client",
     "send_metrics_value": "flip_nvflare.client",
@@ -36,7 +36,7 @@ __all__ = [
     "HubApi",
     "JobType",
     "ModelStatus",
-    "PtConstants",
+    "PTConstants",
     "ResourceType",
     "get_model_weights_diff",
     "prepared_cohort",
@@ -45,7 +45,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from flip_nvflare.client import FLIP, get_model_weights_diff, prepared_cohort, send_metrics_value
-    from flip_nvflare.constants import HubApi, JobType, ModelStatus, PtConstants, ResourceType
+    from flip_nvflare.constants import HubApi, JobType, ModelStatus, PTConstants, ResourceType
     from flip_nvflare.core.base import FLIPBase
     from flip_nvflare.core.standard import FLIPStandardDev, FLIPStandardProd
     from flip_nvflare.errors import FlipError

@@ -1,27 +1,52 @@
 """What FLIP app code calls inside a job: ``FLIP()``, ``send_metrics_value`` and small helpers.
 
-An existing FLIP app runs with its ``from flip ...`` imports changed to ``from flip_nvflare ...``.
+An existing FLIP app runs with its ``from flip ...`` imports changed to ``from flip_nvflare ...``:
+
+- :func:`FLIP` returns the running job's backend (dev or prod, as the job config says);
+- :func:`send_metrics_value` reports a metric towards the hub (through the server);
+- :func:`get_model_weights_diff` builds the weight-difference DXO a trainer returns;
+- :func:`prepared_cohort` gives the cohort CohortPreparer prepared (dataframe and image folders),
+  so user code does not fetch it again.
+
+Nothing here imports NVFlare, pandas or PyTorch until a function that needs them is called.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.metrics import send_metrics_value
 
 if TYPE_CHECKING:
-    from flip_nvflare.core.base import FLIPBase
+    from nvflare.apis.dxo import DXO
+    from nvflare.apis.fl_context import FLContext
 
-__all__ = ["FLIP", "register_job_backend", "send_metrics_value", "using_backend"]
+    from flip_nvflare.core.base import FLIPBase
+    from flip_nvflare.executors.manifest import PreparedCohort
+
+__all__ = [
+    "FLIP",
+    "get_model_weights_diff",
+    "prepared_cohort",
+    "register_job_backend",
+    "send_metrics_value",
+    "using_backend",
+    "using_run_dir",
+]
 
 _current: ContextVar[FLIPBase | None] = ContextVar("flip_nvflare_current_backend", default=None)
+_current_run_dir: ContextVar[Path | None] = ContextVar("flip_nvflare_current_run_dir", default=None)
 _registry_lock = threading.Lock()
 _job_backends: list[FLIPBase] = []
+
+
+# ---------------------------------------------------------------------- the job's backend
 
 
 def register_job_backend(backend: FLIPBase) -> None:
@@ -43,6 +68,9 @@ def using_backend(backend: FLIPBase) -> Iterator[FLIPBase]:
 
 def FLIP() -> FLIPBase:
     """Return the running job's FLIP backend (dev or prod, as the job config says).
+
+    Inside a FLIP runner (TrainerRunner, ValidatorRunner, EvaluatorRunner) this is always the
+    backend of the job the call belongs to, even when several jobs or clients share a process.
 
     Raises:
         FlipConfigError: Called outside a running job (or where it cannot tell which job).
@@ -66,3 +94,99 @@ def FLIP() -> FLIPBase:
         "FLIP() cannot tell which job's backend to return: several jobs run in this process. Accept a "
         "'flip' argument in your class's constructor; the flip-nvflare runners pass the job's backend."
     )
+
+
+# ---------------------------------------------------------------------- the prepared cohort
+
+
+@contextmanager
+def using_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Make ``run_dir`` the job run folder :func:`prepared_cohort` reads in this thread (used by the runners)."""
+    token = _current_run_dir.set(Path(run_dir))
+    try:
+        yield Path(run_dir)
+    finally:
+        _current_run_dir.reset(token)
+
+
+def prepared_cohort(fl_ctx: FLContext | None = None) -> PreparedCohort:
+    """The cohort CohortPreparer prepared for this job at this trust.
+
+    Args:
+        fl_ctx: The task's FLContext. May be omitted in code the FLIP runners call (including
+            the app's constructor).
+
+    Returns:
+        A :class:`~flip_nvflare.executors.manifest.PreparedCohort`: ``.dataframe`` (the cohort as the
+        trust returned it), ``.folders`` (accession id -> image folder), ``.missing`` (accession id ->
+        reason), ``.folder_of(accession_id)`` and ``.ready_dataframe()``.
+
+    Raises:
+        FlipConfigError: No job context (pass ``fl_ctx``).
+        PreparedCohortError: The job has no prepared cohort (the message says how to add one).
+    """
+    from flip_nvflare.executors.manifest import PreparedCohort
+
+    if fl_ctx is not None:
+        workspace = fl_ctx.get_engine().get_workspace()
+        run_dir = Path(workspace.get_run_dir(fl_ctx.get_job_id()))
+    else:
+        current = _current_run_dir.get()
+        if current is None:
+            raise FlipConfigError(
+                "prepared_cohort() cannot tell which job it is called for: pass the task's fl_ctx "
+                "(prepared_cohort(fl_ctx)), or call it from code run by TrainerRunner, ValidatorRunner or "
+                "EvaluatorRunner."
+            )
+        run_dir = current
+    return PreparedCohort.open(run_dir)
+
+
+# ---------------------------------------------------------------------- model helpers
+
+
+def get_model_weights_diff(original_weights: Mapping[str, Any], new_weights: Mapping[str, Any], iterations: int) -> DXO:
+    """The weight update a trainer sends: ``new - original`` for every weight, as a WEIGHT_DIFF DXO.
+
+    Same call as FLIP's ``flip.utils.get_model_weights_diff``. Weights may be PyTorch tensors
+    (on any device) or anything NumPy can convert; the difference is computed one weight at a
+    time, so no second full copy of the model is held.
+
+    Args:
+        original_weights: The weights received from the server (before local training).
+        new_weights: The weights after local training (e.g. ``model.state_dict()``).
+        iterations: Number of training steps done this round (``NUM_STEPS_CURRENT_ROUND``).
+
+    Returns:
+        A DXO of kind ``WEIGHT_DIFF`` with NumPy arrays.
+
+    Raises:
+        KeyError: A weight of ``new_weights`` is missing from ``original_weights``.
+        ValueError: Shapes differ for a weight, or ``iterations`` is negative.
+    """
+    import numpy as np
+    from nvflare.apis.dxo import DXO, DataKind, MetaKey
+
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}.")
+    diff: dict[str, Any] = {}
+    for name, new_value in new_weights.items():
+        if name not in original_weights:
+            raise KeyError(
+                f"Weight {name!r} is in the new weights but not in the original ones: compare the same model's state."
+            )
+        updated = _as_array(new_value)
+        original = _as_array(original_weights[name])
+        if updated.shape != original.shape:
+            raise ValueError(f"Weight {name!r} changed shape from {original.shape} to {updated.shape}.")
+        diff[name] = np.subtract(updated, original)
+    return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: int(iterations)})
+
+
+def _as_array(value: Any) -> Any:
+    """A NumPy array from a tensor (detached, on the CPU) or anything array-like, without importing torch."""
+    import numpy as np
+
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -81,9 +81,13 @@ class FlipMode(str, Enum):
 class FlipEvents:
     """NVFlare event types fired by flip-nvflare components."""
 
+    #: Fired by InitTraining / InitEvaluation when it asks the clients to prepare.
     TRAINING_INITIATED = "_flip_training_initiated"
+    #: Fired by InitTraining / InitEvaluation when every required client has prepared.
+    PREPARATION_DONE = "_flip_preparation_done"
+    #: Fired by InitTraining / InitEvaluation when a client's preparation failed (run ends).
     PREPARATION_FAILED = "_flip_preparation_failed"
-    SEND_METRIC = "flip.send_metric"
+    #: Federated event fired by ``send_metrics_value`` on a client; received on the server.
     FED_SEND_METRIC = "fed.flip.send_metric"
     RESULTS_UPLOADED = "_flip_results_uploaded"
     RESULTS_UPLOAD_FAILED = "_flip_results_upload_failed"
@@ -102,13 +106,18 @@ class FlipTasks:
     EVALUATE = "evaluate"
 
 
-class PtConstants:
-    """File names FLIP PyTorch apps use for models (compatible with FLIP's own constants)."""
+class PTConstants:
+    """Names FLIP PyTorch apps use for model files and evaluation output (as FLIP's own PTConstants)."""
 
-    PT_SERVER_NAME = "FL_global_model.pt"
-    PT_LOCAL_NAME = "local_model.pt"
-    PT_BEST_LOCAL_NAME = "best_local_model.pt"
-    PT_BEST_SERVER_NAME = "best_FL_global_model.pt"
+    PTServerName = "server"
+    PTModelName = "model.pt"
+    PTFileModelName = "FL_global_model.pt"
+    PTBestFileModelName = "best_FL_global_model.pt"
+    PTLocalModelName = "local_model.pt"
+    PTModelsDir = "models"
+    EvalResultsFilename = "evaluation_results.json"
+    EvalDir = "evaluation_results"
+    EvalTaskName = "evaluation"
 
 
 #: Default id of the component that builds a job's FLIP backend.

@@ -90,10 +90,26 @@ def test_weights_diff_errors_name_the_weight() -> None:
 def test_flip_app_imports_work_from_the_package_and_stay_light() -> None:
     probe = (
         "import sys\n"
-        "from flip_nvflare import FLIP, send_metrics_value, get_model_weights_diff, prepared_cohort, PtConstants\n"
+        "from flip_nvflare import FLIP, send_metrics_value, get_model_weights_diff, prepared_cohort, PTConstants\n"
         "from flip_nvflare import ResourceType, ModelStatus\n"
         "heavy = [m for m in ('torch', 'nvflare', 'pandas') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_flip_app_module_paths_are_mirrored() -> None:
+    """A FLIP app's imports work with ``flip`` replaced by ``flip_nvflare`` and nothing else."""
+    probe = (
+        "from flip_nvflare import FLIP\n"
+        "from flip_nvflare.constants import PTConstants, ResourceType, ModelStatus\n"
+        "from flip_nvflare.nvflare.metrics import send_metrics_value\n"
+        "from flip_nvflare.utils import get_model_weights_diff\n"
+        "assert PTConstants.PTFileModelName == 'FL_global_model.pt'\n"
+        "assert PTConstants.PTServerName == 'server'\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)

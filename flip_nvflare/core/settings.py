@@ -69,6 +69,11 @@ class SettingsReader:
         self._explicit = {k: v for k, v in explicit.items() if v is not None}
         self._env = env
 
+    @property
+    def has_explicit_env(self) -> bool:
+        """Whether an environment mapping was given in place of ``os.environ``."""
+        return self._env is not None
+
     def raw(self, name: str) -> Any:
         """The value of ``name``: explicit, else environment, else ``None`` (empty counts as unset)."""
         if name in self._explicit:

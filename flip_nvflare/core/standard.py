@@ -415,9 +415,23 @@ class FLIPStandardProd(FLIPBase):
                 self._s3 = boto3.client(
                     "s3",
                     endpoint_url=settings.endpoint_url,
+                    **self._aws_credentials(),
                     config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10),
                 )
             return self._s3
+
+    def _aws_credentials(self) -> dict[str, str]:
+        """AWS credentials from an explicit ``env`` mapping; boto3 finds its own otherwise."""
+        names = {
+            "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+            "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "aws_session_token": "AWS_SESSION_TOKEN",
+            "region_name": "AWS_DEFAULT_REGION",
+        }
+        if not self._reader.has_explicit_env:
+            return {}
+        found = {arg: self._reader.raw(name) for arg, name in names.items()}
+        return {arg: str(value) for arg, value in found.items() if value is not None}
 
     def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
         """Zip the folder and upload it to ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip``.

@@ -39,6 +39,8 @@ def test_failed_preparation_stops_the_run_before_training(failed_run: tuple[SimJ
     assert failed, "PREPARATION_FAILED was not fired"
     assert failed[0]["props"]["flip.preparation.failed_client"] in ("site-1", "site-2")
     assert failed[0]["props"]["flip.preparation.failure"] == "EXECUTION_EXCEPTION"
+    client = failed[0]["props"]["flip.preparation.failed_client"]
+    assert failed[0]["data"] == f"Data preparation failed at {client}: EXECUTION_EXCEPTION"
 
 
 def test_panic_names_the_client_but_not_the_error_text(failed_run: tuple[SimJob, int]) -> None:

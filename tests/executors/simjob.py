@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 RECORDER = textwrap.dedent(
-    '''
+    """
     import json
     import threading
 
@@ -54,10 +54,12 @@ RECORDER = textwrap.dedent(
                     if result is not None else {},
                 })
             elif event_type in _FLIP_EVENTS:
-                self._write({"kind": "event", "event": event_type, "props": {p: fl_ctx.get_prop(p) for p in _PROPS}})
+                props = {p: fl_ctx.get_prop(p) for p in _PROPS}
+                data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
+                self._write({"kind": "event", "event": event_type, "props": props, "data": data})
             elif event_type == EventType.FATAL_SYSTEM_ERROR:
                 self._write({"kind": "panic", "reason": fl_ctx.get_prop(FLContextKey.EVENT_DATA)})
-    '''
+    """
 )
 
 
@@ -104,8 +106,8 @@ class SimJob:
         (self.job_dir / "meta.json").write_text(
             json.dumps({"name": "flip_test", "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": 2})
         )
-        flip = {"id": "flip", "path": "flip_nvflare.components.FlipBackend", "args": {"mode": "{flip_mode}"}}
-        flip["args"].update(self.flip_args)
+        flip_args: dict[str, Any] = {"mode": "{flip_mode}", **self.flip_args}
+        flip = {"id": "flip", "path": "flip_nvflare.components.FlipBackend", "args": flip_args}
         client = {
             "format_version": 2,
             "flip_mode": self.mode,
@@ -154,9 +156,7 @@ class SimJob:
         from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
 
         self.write()
-        runner = SimulatorRunner(
-            job_folder=str(self.job_dir), workspace=str(self.workspace), n_clients=2, threads=2
-        )
+        runner = SimulatorRunner(job_folder=str(self.job_dir), workspace=str(self.workspace), n_clients=2, threads=2)
         return int(runner.run())
 
     def records(self) -> list[dict[str, Any]]:
@@ -222,7 +222,7 @@ def standard_executors(**preparer_args: Any) -> list[dict[str, Any]]:
 
 
 #: A trainer written the FLIP way: an NVFlare Executor using FLIP(), the prepared cohort and the helpers.
-FLIP_STYLE_TRAINER = '''
+FLIP_STYLE_TRAINER = """
 import json
 from pathlib import Path
 
@@ -271,4 +271,4 @@ class FLIP_TRAINER(Executor):
             fh.write(json.dumps(evidence) + "\\n")
         send_metrics_value("LOSS_FUNCTION", 0.25, fl_ctx)
         return get_model_weights_diff(dxo.data, new_weights, 10).to_shareable()
-'''
+"""

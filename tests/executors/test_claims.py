@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from flip_nvflare.executors.claims import CLAIMS_DIR, ImageClaims, ReleaseOutcom
 from flip_nvflare.executors.manifest import Origin
 
 
-def _remover(net: Path):  # the backend's cleanup: refuses anything outside the net folder
+def _remover(net: Path) -> Callable[[Path], bool]:
+    """The backend's cleanup: refuses anything outside the net folder."""
     return lambda path: remove_inside(path, [net])
 
 
@@ -92,7 +94,7 @@ def test_tokens_are_unique_and_safe() -> None:
     assert "/" not in first and " " not in first
 
 
-def _worker(net: str, index: int, rounds: int, errors: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _worker(net: str, index: int, rounds: int, errors: multiprocessing.Queue) -> None:
     claims = ImageClaims(net, make_claim_token(f"job-{index}", "site-1"))
     remove = _remover(Path(net))
     for _ in range(rounds):
@@ -109,7 +111,7 @@ def _worker(net: str, index: int, rounds: int, errors: multiprocessing.Queue) ->
 
 
 def test_concurrent_jobs_never_delete_a_folder_in_use(tmp_path: Path) -> None:
-    errors: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    errors: multiprocessing.Queue = multiprocessing.Queue()
     ctx = multiprocessing.get_context("fork")
     workers = [ctx.Process(target=_worker, args=(str(tmp_path), i, 40, errors)) for i in range(4)]
     for w in workers:
@@ -123,3 +125,11 @@ def test_concurrent_jobs_never_delete_a_folder_in_use(tmp_path: Path) -> None:
     assert all(w.exitcode == 0 for w in workers)
     assert not (tmp_path / "ACC1").exists()
     shutil.rmtree(tmp_path / CLAIMS_DIR)
+
+
+def test_claiming_again_keeps_the_folder_ours(tmp_path: Path) -> None:
+    job = ImageClaims(tmp_path, make_claim_token("job-a", "site-1"))
+    assert job.claim("ACC1") == Origin.DOWNLOADED
+    _download(job, "ACC1")  # e.g. a request that timed out on the client but completed on the server
+    assert job.claim("ACC1") == Origin.DOWNLOADED
+    assert job.release("ACC1", delete_folder=True, remove=_remover(tmp_path)) == ReleaseOutcome.DELETED

@@ -70,7 +70,9 @@ def test_transient_failures_are_retried_with_backoff() -> None:
 
 
 def test_permanent_failures_are_not_retried_and_reasons_hold_no_ids() -> None:
-    imaging = FakeImaging(failures={"ACC9": [FlipNotFoundError(*ROUTE, 404, "Resource not found")], "B": [KeyError("B")]})
+    imaging = FakeImaging(
+        failures={"ACC9": [FlipNotFoundError(*ROUTE, 404, "Resource not found")], "B": [KeyError("B")]}
+    )
     report = ImageFetcher(imaging, retries=3, sleep=lambda s: None).run(["ACC9", "B", "C"])
     assert imaging.calls["ACC9"] == 1
     assert report.reasons() == {"not found at the imaging service (HTTP 404)": 1, "failed (KeyError)": 1}

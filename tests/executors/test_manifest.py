@@ -14,6 +14,7 @@ from flip_nvflare.executors.manifest import (
     PreparedCohort,
     PreparedCohortError,
     Status,
+    cohort_identifiers,
     prepared_dir,
 )
 
@@ -94,3 +95,10 @@ def test_damaged_manifest_and_deleted_dataframe(tmp_path: Path) -> None:
     (prepared_dir(tmp_path) / "manifest.json").write_text("{not json")
     with pytest.raises(PreparedCohortError, match="damaged"):
         PreparedCohort.open(tmp_path)
+
+
+def test_identifiers_to_redact_come_from_manifest_and_dataframe(tmp_path: Path) -> None:
+    _prepare(tmp_path)
+    assert set(cohort_identifiers(tmp_path)) == {"00123", "ACC2", "ACC3"}
+    assert set(cohort_identifiers(tmp_path, ["age", "no_such_column"])) == {"00123", "ACC2", "ACC3", "40", "60", "70"}
+    assert cohort_identifiers(tmp_path / "elsewhere") == []

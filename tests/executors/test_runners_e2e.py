@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
 
 ACCESSIONS = [f"ACC{i:06d}" for i in range(1, 7)]
 
-FAILING_ON_SITE_2 = FLIP_STYLE_TRAINER + '''
+FAILING_ON_SITE_2 = (
+    FLIP_STYLE_TRAINER
+    + """
 
 _real_execute = FLIP_TRAINER.execute
 
@@ -37,7 +39,8 @@ def _execute(self, task_name, shareable, fl_ctx, abort_signal):
 
 
 FLIP_TRAINER.execute = _execute
-'''
+"""
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,764 @@
+"""Decoding of the data-access-api cohort answer into a pandas DataFrame.
+
+``POST /cohort/dataframe`` answers a column-oriented JSON object, ``{"col": [v0, v1, ...], ...}``,
+with no row cap, so a cohort can be millions of rows. :func:`dataframe_from_columns_json` gives
+the same frame as the naive ``pandas.DataFrame(data=json.loads(body))`` (same columns, dtypes and
+values) while using far less time and memory:
+
+* The body is walked column by column and never decoded to one big ``str``; only one column's
+  intermediate Python objects exist at a time.
+* A long column whose values are only numbers and ``null`` (or only ``true``/``false``) is checked
+  against the JSON number grammar with vectorised numpy tests, then parsed by pandas' C CSV
+  reader (no Python object per value). Its float parser is exact (correctly rounded, like
+  Python's ``float``) from pandas 3.1 on; older pandas is asked for its ``round_trip`` parser.
+  Anything unusual (an integer of 19 or more digits, ``-0`` among floats, a column of nulls
+  only, ...) takes the general path below, so the result never differs from the naive one.
+* Any other column is decoded from its own slice of the body with the json module's C scanner
+  and typed by pandas exactly as the naive constructor types it.
+* In a string column with many repeated values (codes, dates, categories) equal strings are
+  shared, so each distinct value is stored once instead of once per row.
+* On Linux with glibc, the heap memory the decoder freed is handed back to the OS at the end
+  (``malloc_trim``), so the process holds the frame rather than the frame plus leftovers.
+
+Error messages say what is wrong and where (column names, byte offsets, counts) but never
+contain a value from the body.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import functools
+import io
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flip_nvflare.errors import FlipInvalidResponse
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import pandas as pd
+
+__all__ = ["dataframe_from_columns_json"]
+
+# A column's list must be at least this long (in bytes) to try the vectorised path; shorter
+# ones are cheaper through the json module.
+_FAST_PATH_MIN_BYTES = 16 * 1024
+# String columns at least this long are checked for repeated values (and shared if so).
+_DEDUPE_MIN_ROWS = 4096
+_DEDUPE_SAMPLE = 16384
+# Strings up to this many bytes are compared as fixed-width keys; longer ones as str objects.
+_MAX_KEY_BYTES = 64
+# After decoding a body at least this long, free heap memory is handed back to the OS.
+_TRIM_AFTER_BYTES = 1 << 20
+# Above this many columns the frame is consolidated, as the naive constructor does.
+_MAX_UNCONSOLIDATED_COLUMNS = 100
+
+_WHITESPACE = b" \t\n\r"
+_WHITESPACE_RE = re.compile(rb"[ \t\n\r]*")
+_NUMBER_CHARS = b"0123456789.eE+-,nul"
+_BOOL_CHARS = b"truefals,"
+
+_KIND_BY_BYTE = {
+    ord("{"): "an object",
+    ord("["): "a list",
+    ord('"'): "a string",
+    ord("t"): "a boolean",
+    ord("f"): "a boolean",
+    ord("n"): "null",
+    ord("-"): "a number",
+    ord("N"): "a number",
+    ord("I"): "a number",
+    **{c: "a number" for c in b"0123456789"},
+}
+
+
+def dataframe_from_columns_json(body: bytes | bytearray) -> pd.DataFrame:
+    """Turn a column-oriented JSON body into a DataFrame.
+
+    The body must be a JSON object mapping each column name to a list of values, all lists of
+    the same length (the data-access-api ``POST /cohort/dataframe`` answer). The result equals
+    ``pandas.DataFrame(data=json.loads(body))``: same column order, dtypes and values (for
+    example ``null`` in a column of integers gives ``float64`` with ``NaN``, and a column of
+    strings gets pandas' default string dtype). An empty object gives an empty DataFrame.
+
+    Args:
+        body: The raw response body (UTF-8, or any encoding ``json.loads`` detects).
+
+    Returns:
+        The cohort, one column per key, in the body's order.
+
+    Raises:
+        FlipInvalidResponse: The body is not valid JSON, is not an object of lists, or its
+            lists differ in length. The message names the problem (and the column, when there
+            is one) but never any value.
+        TypeError: ``body`` is not ``bytes`` or ``bytearray``.
+    """
+    if not isinstance(body, (bytes, bytearray)):
+        raise TypeError(f"body must be bytes or bytearray, not {type(body).__name__}")
+    encoding = json.detect_encoding(bytes(body[:4]))
+    if encoding == "utf-8":
+        columns = _parse_columns(body, 0)
+    elif encoding == "utf-8-sig":
+        columns = _parse_columns(body, 3)
+    else:  # UTF-16 / UTF-32: rare; decode whole, like json.loads
+        try:
+            text = body.decode(encoding, "surrogatepass")
+        except UnicodeDecodeError as exc:
+            raise FlipInvalidResponse(f"cohort body is not valid {encoding.upper()} (at byte {exc.start})") from None
+        columns = _columns_from_text(text)
+    frame = _assemble(columns)
+    if len(body) >= _TRIM_AFTER_BYTES:
+        _release_free_memory()
+    return frame
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _syntax_error(what: str, position: int) -> FlipInvalidResponse:
+    return FlipInvalidResponse(f"cohort body is not valid JSON: {what} (at byte {position})")
+
+
+def _kind_at(body: bytes | bytearray, pos: int) -> str:
+    if pos >= len(body):
+        return "missing (the body ends early)"
+    return _KIND_BY_BYTE.get(body[pos], "not valid JSON")
+
+
+def _kind_of(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _skip_whitespace(body: bytes | bytearray, pos: int) -> int:
+    match = _WHITESPACE_RE.match(body, pos)
+    return match.end() if match is not None else pos
+
+
+def _parse_columns(body: bytes | bytearray, pos: int) -> dict[str, Any]:
+    """Walk the top-level object of a UTF-8 body, decoding one column at a time."""
+    size = len(body)
+    pos = _skip_whitespace(body, pos)
+    if pos >= size:
+        raise FlipInvalidResponse("cohort body is empty, expected a JSON object of columns")
+    if body[pos] != ord("{"):
+        raise FlipInvalidResponse(f"top level is {_kind_at(body, pos)}, expected an object of columns")
+    columns: dict[str, Any] = {}
+    pos = _skip_whitespace(body, pos + 1)
+    if pos < size and body[pos] == ord("}"):
+        pos += 1
+    else:
+        while True:
+            name, pos = _parse_name(body, pos)
+            pos = _skip_whitespace(body, pos)
+            if pos >= size or body[pos] != ord(":"):
+                raise _syntax_error(f"expected ':' after column name {name!r}", pos)
+            pos = _skip_whitespace(body, pos + 1)
+            if pos >= size or body[pos] != ord("["):
+                raise FlipInvalidResponse(f"column {name!r} is {_kind_at(body, pos)}, expected a list of values")
+            # A repeated name replaces the earlier column but keeps its place, as json.loads does.
+            columns[name], pos = _parse_column(body, pos, name)
+            pos = _skip_whitespace(body, pos)
+            if pos < size and body[pos] == ord(","):
+                pos = _skip_whitespace(body, pos + 1)
+                continue
+            if pos < size and body[pos] == ord("}"):
+                pos += 1
+                break
+            raise _syntax_error(f"expected ',' or '}}' after column {name!r}", pos)
+    pos = _skip_whitespace(body, pos)
+    if pos != size:
+        raise _syntax_error("unexpected data after the top-level object", pos)
+    return columns
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` if it is glibc, else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # None: the symbols already loaded in this process
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def _release_free_memory() -> None:
+    """Hand free heap memory back to the OS (glibc only; elsewhere nothing happens).
+
+    The decoder's temporaries are freed column by column, but glibc keeps most of that memory
+    in its heap (large blocks stop being separate mappings once a few have been freed), so the
+    process would go on holding about as much again as the frame itself. Trimming once at the
+    end (not after every column, which would only make the next column fault its pages in
+    again) leaves the process holding the frame.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _parse_name(body: bytes | bytearray, pos: int) -> tuple[str, int]:
+    """Decode the JSON string at ``pos`` (a column name); return it and the position after it."""
+    if pos >= len(body) or body[pos] != ord('"'):
+        raise _syntax_error("expected a column name (a JSON string)", pos)
+    end = pos
+    while True:
+        end = body.find(b'"', end + 1)
+        if end == -1:
+            raise _syntax_error("unterminated column name", pos)
+        backslash = end - 1
+        while body[backslash] == ord("\\"):
+            backslash -= 1
+        if (end - 1 - backslash) % 2 == 0:  # not an escaped quote
+            break
+    try:
+        name = json.loads(str(body[pos : end + 1], "utf-8", "surrogatepass"))
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise _syntax_error("a column name is not a valid JSON string", pos) from None
+    return name, end + 1
+
+
+def _parse_column(body: bytes | bytearray, start: int, name: str) -> tuple[Any, int]:
+    """Decode the list starting at ``body[start] == '['``; return the column and the position after it."""
+    close = body.find(b"]", start + 1)
+    if close == -1:
+        raise _syntax_error(f"the list of column {name!r} is not closed", start)
+    if close - start - 1 >= _FAST_PATH_MIN_BYTES:
+        if body.find(b'"', start, close) == -1:
+            # No string: a list of plain scalars, which ends at the first ']'.
+            array = _plain_column(bytes(body[start + 1 : close]))
+            if array is not None:
+                return array, close + 1
+        else:
+            strings = _string_column(body, start + 1, close)
+            if strings is not None:
+                return _series_from_strings(strings), close + 1
+    values, end = _decode_list(body, start, close, name)
+    return _series_from_list(values), end
+
+
+def _decode_list(body: bytes | bytearray, start: int, close: int, name: str) -> tuple[list[Any], int]:
+    """Decode the JSON list at ``start`` with the json module, from its own slice of the body.
+
+    ``close`` is a first guess of the list's closing bracket. If the slice up to it does not
+    hold the whole list (the bracket was inside a string or a nested list), the slice grows to
+    the next ``]`` at least twice as far, so the total work stays within a small multiple of
+    decoding the list once. Slices always end just after a ``]`` byte, which is never part of a
+    multi-byte UTF-8 character.
+    """
+    decoder = json.JSONDecoder()
+    with memoryview(body) as view:
+        while True:
+            try:
+                text = str(view[start : close + 1], "utf-8", "surrogatepass")
+            except UnicodeDecodeError as exc:
+                raise FlipInvalidResponse(f"cohort body is not valid UTF-8 (at byte {start + exc.start})") from None
+            try:
+                values, consumed = decoder.raw_decode(text)
+                break
+            except json.JSONDecodeError as exc:
+                further = body.find(b"]", max(close + 1, 2 * close - start))
+                if further == -1:
+                    further = body.rfind(b"]", close + 1)
+                if further == -1:
+                    where = start + len(text[: exc.pos].encode("utf-8", "surrogatepass"))
+                    raise _syntax_error(f"in column {name!r}: {exc.msg}", where) from None
+                close = further
+    if consumed == len(text):
+        return values, close + 1
+    return values, start + len(text[:consumed].encode("utf-8", "surrogatepass"))
+
+
+def _columns_from_text(text: str) -> dict[str, Any]:
+    """The whole-body path for bodies in UTF-16 or UTF-32."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FlipInvalidResponse(f"cohort body is not valid JSON: {exc.msg} (at character {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise FlipInvalidResponse(f"top level is {_kind_of(data)}, expected an object of columns")
+    for name, values in data.items():
+        if not isinstance(values, list):
+            raise FlipInvalidResponse(f"column {name!r} is {_kind_of(values)}, expected a list of values")
+    columns: dict[str, Any] = {}
+    for name in list(data):
+        columns[name] = _series_from_list(data.pop(name))
+    return columns
+
+
+def _assemble(columns: dict[str, Any]) -> pd.DataFrame:
+    import pandas as pd
+
+    if not columns:
+        return pd.DataFrame(data={})
+    names = iter(columns)
+    first = next(names)
+    expected = len(columns[first])
+    for name in names:
+        if len(columns[name]) != expected:
+            raise FlipInvalidResponse(
+                f"column {name!r} has {len(columns[name])} values, expected {expected} (the length of column {first!r})"
+            )
+    # One block per column is fine (and copy-free) for a usual cohort; a very wide one is
+    # consolidated like the naive constructor would, so later column inserts stay fast.
+    return pd.DataFrame(columns, copy=len(columns) > _MAX_UNCONSOLIDATED_COLUMNS)
+
+
+# --------------------------------------------------------------------------- general columns
+
+
+def _series_from_list(values: list[Any]) -> pd.Series:
+    """Type a decoded list exactly as ``pandas.DataFrame({name: values})`` does."""
+    import pandas as pd
+
+    column = pd.DataFrame({0: values})[0]
+    del values
+    if len(column) >= _DEDUPE_MIN_ROWS and _is_string_column(column):
+        distinct = _distinct_in_sample(column)
+        if distinct is not None:
+            column = _share_equal_strings(column, distinct)
+    return column
+
+
+def _series_from_strings(values: npt.NDArray[np.object_], dtype: Any = None) -> pd.Series:
+    """Type an object array of ``str`` and ``None`` (at least one ``str``) as pandas types such a list."""
+    import pandas as pd
+
+    if dtype is None:
+        # What the naive constructor makes of strings with this pandas and its options
+        # (pandas 3: the "str" dtype; before: object).
+        dtype = pd.DataFrame({0: ["a"]})[0].dtype
+    return pd.Series(values, dtype=dtype, copy=False)
+
+
+def _is_string_column(column: pd.Series) -> bool:
+    import pandas as pd
+
+    if isinstance(column.dtype, pd.StringDtype):
+        return True
+    return column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) == "string"
+
+
+def _distinct_in_sample(column: pd.Series) -> int | None:
+    """Distinct values in a spread sample of the column, or ``None`` if over half are distinct."""
+    step = max(1, len(column) // _DEDUPE_SAMPLE)
+    sample = column.iloc[::step]
+    present = int(sample.count())
+    distinct = int(sample.nunique(dropna=True))
+    return distinct if present and 2 * distinct <= present else None
+
+
+def _share_equal_strings(column: pd.Series, distinct_hint: int) -> pd.Series:
+    """The same column, with all equal strings pointing at one ``str`` object."""
+    import pandas as pd
+
+    dtype = column.dtype
+    values = column.to_numpy(dtype=object)  # a copy; missing values stay as they were
+    present = ~column.isna().to_numpy()
+    del column
+    strings = values[present]
+    codes, uniques = pd.factorize(strings, size_hint=4 * distinct_hint)
+    values[present] = uniques[codes]
+    return _series_from_strings(values, dtype)
+
+
+# --------------------------------------------------------------------------- vectorised columns
+
+
+@functools.cache
+def _pandas_parses_floats_exactly() -> bool:
+    import pandas as pd
+
+    try:
+        major, minor = (int(part) for part in pd.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (3, 1)
+
+
+def _plain_column(span: bytes) -> npt.NDArray[Any] | None:
+    """Parse the inside of a list that holds no string; ``None`` if the general path must do it."""
+    import numpy as np
+
+    if not span:
+        return None
+    compact = span
+    if np.frombuffer(span, dtype=np.uint8).min() <= 0x20:  # whitespace (or a control character)
+        compact = span.translate(None, _WHITESPACE)
+        if not compact or not _whitespace_only_between_values(span):
+            return None
+    if not compact.translate(None, _NUMBER_CHARS):
+        return _number_column(compact)
+    if not compact.translate(None, _BOOL_CHARS):
+        return _read_csv_column(compact, "bool", nulls=False)
+    return None
+
+
+def _whitespace_only_between_values(span: bytes) -> bool:
+    """Whether each comma-separated item of ``span`` is one unbroken token (as in ``1, 2``, not ``1 2``)."""
+    import numpy as np
+
+    data = np.frombuffer(span, dtype=np.uint8)
+    token = (data > 0x20) & (data != ord(","))
+    runs = int(token[0]) + int(np.count_nonzero(token[1:] & ~token[:-1]))
+    return runs == span.count(b",") + 1
+
+
+def _number_column(compact: bytes) -> npt.NDArray[Any] | None:
+    """Parse ``compact`` (numbers and nulls, comma-separated, no whitespace) as the naive frame types it.
+
+    The JSON number grammar is checked here where pandas' parser is laxer: it refuses malformed
+    tokens such as ``1e``, ``1.2.3``, ``--1`` or ``nul`` (the read then fails and the general
+    path reports the error) but would accept ``+1``, ``01``, ``1.``, ``.5`` and empty items.
+    """
+    import numpy as np
+
+    data = np.frombuffer(compact, dtype=np.uint8)
+    size = data.size
+    commas = np.flatnonzero(data == ord(","))
+    if commas.size and commas[-1] == size - 1:
+        return None  # trailing comma
+    lead = np.empty(commas.size + 1, dtype=np.intp)  # where each item starts...
+    lead[0] = 0
+    np.add(commas, 1, out=lead[1:])
+    del commas
+    negative = data[lead] == ord("-")
+    lead += negative  # ...and then its first digit (or the 'n' of null)
+    if lead[-1] >= size:
+        return None
+    lead_byte = data[lead]
+    is_digit = (lead_byte - np.uint8(ord("0"))) < 10
+    if not (is_digit | ((lead_byte == ord("n")) & ~negative)).all():
+        return None  # an empty item, or one starting with '.', 'e', '+', ...
+    second = lead[lead_byte == ord("0")] + 1
+    second = second[second < size]
+    if second.size and _any_digit(data[second]):
+        return None  # a leading zero, as in 01
+    if b"-" in compact and np.count_nonzero(data == ord("-")) != np.count_nonzero(negative):
+        if not _follow_exponent(data, np.flatnonzero(data == ord("-")), allow_item_start=True):
+            return None  # a '-' inside a number, not after e/E
+    if b"+" in compact and not _follow_exponent(data, np.flatnonzero(data == ord("+")), allow_item_start=False):
+        return None
+    has_fraction = b"." in compact
+    if has_fraction:
+        after_dot = np.flatnonzero(data == ord(".")) + 1
+        if after_dot[-1] >= size or not _all_digits(data[after_dot]):
+            return None  # a '.' not followed by a digit, as in 1. or 1.e5
+
+    has_null = b"n" in compact
+    has_fraction = has_fraction or b"e" in compact or b"E" in compact
+    if not has_null and not has_fraction:
+        return _read_csv_column(compact, "int64", nulls=False)
+    # Among floats or nulls, an integer of 19+ digits may be typed uint64 or object by pandas.
+    candidates = lead[is_digit]
+    for offset in range(1, 19):
+        candidates = candidates[candidates + offset < size]
+        candidates = candidates[(data[candidates + offset] - np.uint8(ord("0"))) < 10]
+        if not candidates.size:
+            break
+    else:
+        return None
+    del lead, negative, lead_byte, is_digit, candidates
+    values = _read_csv_column(compact, "float64", nulls=has_null)
+    if values is None:
+        return None
+    if has_null and bool(np.isnan(values).all()):
+        return None  # only nulls: an object column of None
+    zeros = values == 0
+    if zeros.any() and np.signbit(values[zeros]).any():
+        return None  # "-0" is the integer 0 (not -0.0) in the naive frame: let json decide
+    return values
+
+
+def _all_digits(values: npt.NDArray[np.uint8]) -> bool:
+    import numpy as np
+
+    return bool(np.all((values - np.uint8(ord("0"))) < 10))
+
+
+def _any_digit(values: npt.NDArray[np.uint8]) -> bool:
+    import numpy as np
+
+    return bool(np.any((values - np.uint8(ord("0"))) < 10))
+
+
+def _follow_exponent(data: npt.NDArray[np.uint8], signs: npt.NDArray[np.intp], *, allow_item_start: bool) -> bool:
+    """Whether every sign at ``signs`` follows an ``e``/``E`` (or, if allowed, starts an item)."""
+    import numpy as np
+
+    if signs[0] == 0:
+        if not allow_item_start:
+            return False
+        signs = signs[1:]
+    before = data[signs - 1]
+    ok = (before == ord("e")) | (before == ord("E"))
+    if allow_item_start:
+        ok |= before == ord(",")
+    return bool(np.all(ok))
+
+
+def _read_csv_column(compact: bytes, dtype: str, *, nulls: bool) -> npt.NDArray[Any] | None:
+    """Parse comma-separated tokens with pandas' C reader; ``None`` if any token does not fit ``dtype``."""
+    import pandas as pd
+
+    options: dict[str, Any] = {
+        "header": None,
+        "sep": "|",  # never in the input: one column
+        "lineterminator": ",",
+        "engine": "c",
+        "quoting": csv.QUOTE_NONE,
+        "skip_blank_lines": False,
+        "keep_default_na": False,
+        "na_filter": nulls,
+        "dtype": dtype,
+    }
+    if nulls:
+        options["na_values"] = ["null"]
+    if dtype == "float64" and not _pandas_parses_floats_exactly():
+        options["float_precision"] = "round_trip"
+    try:
+        frame = pd.read_csv(io.BytesIO(compact), **options)
+    except (ValueError, TypeError, OverflowError):
+        return None  # a token that does not parse (never shown: it is patient data)
+    if frame.shape[1] != 1 or len(frame) != compact.count(b",") + 1:
+        return None
+    values = frame.iloc[:, 0].to_numpy()
+    del frame
+    if values.dtype != dtype:
+        return None
+    if not values.flags.writeable:  # pandas hands out read-only views; nothing else shares this one
+        try:
+            values.flags.writeable = True
+        except ValueError:
+            values = values.copy()
+    return values
+
+
+def _string_column(body: bytes | bytearray, begin: int, end: int) -> npt.NDArray[np.object_] | None:
+    """Decode ``body[begin:end]``, the inside of a list of strings and nulls, without the json module.
+
+    Applies to plain lists: ``"..."`` or ``null`` items separated by ``,`` or ``, ``, and no
+    backslash or control character anywhere. Returns an object array of ``str`` and ``None``,
+    or ``None`` when the general path must decode the list. When the strings repeat a lot, equal
+    strings are one shared object.
+    """
+    import numpy as np
+
+    layout = _string_layout(body, begin, end)
+    if layout is None:
+        return None
+    first, closing, rows, size = layout
+    if _mostly_distinct(body, begin, end):
+        strings: Any = _split_strings(body, begin, end)
+        if strings is None or len(strings) != first.size:
+            return None
+    else:
+        strings = _shared_strings(body, begin, end, first, closing)
+        if strings is None:
+            return None
+    if rows is None:
+        column = np.empty(size, dtype=object)
+        column[:] = strings
+    else:
+        column = np.full(size, None, dtype=object)
+        column[rows] = strings
+    return column
+
+
+def _string_layout(
+    body: bytes | bytearray, begin: int, end: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp] | None, int] | None:
+    """Check that ``body[begin:end]`` is plain strings and nulls; find where each string lies.
+
+    Returns the offset (from ``begin``) of each string's first byte and of its closing quote, the
+    row of each string (``None`` if there is no null), and the number of rows.
+    """
+    import numpy as np
+
+    if body.find(b"\\", begin, end) != -1:
+        return None
+    size = end - begin
+    data = np.frombuffer(body, dtype=np.uint8, count=size, offset=begin)
+    if data.min() < 0x20:
+        return None  # a control character (never valid in a string), or a line break between items
+    quotes = np.flatnonzero(data == ord('"'))
+    if quotes.size % 2:
+        return None  # a ']' inside a string ended the span early
+    opening = quotes[0::2]
+    closing = quotes[1::2]
+    # Items are separated by ", " if the first separator is; otherwise by ",".
+    probe = int(closing[0]) + 1 if closing[0] < size - 1 else int(opening[0]) - 2
+    separator = b", " if 0 <= probe < size - 1 and data[probe : probe + 2].tobytes() == b", " else b","
+    width = len(separator)
+    null = b"null" + separator
+    # Between two strings: the separator, then "null" and the separator once per null.
+    between, remainder = np.divmod(opening[1:] - closing[:-1] - 1 - width, len(null))
+    if remainder.any() or (between < 0).any():
+        return None
+    for k, byte in enumerate(separator):
+        if not ((data[closing[:-1] + 1 + k] == byte).all() and (data[opening[1:] - width + k] == byte).all()):
+            return None
+    leading, remainder_lead = divmod(int(opening[0]), len(null))
+    trailing, remainder_trail = divmod(size - 1 - int(closing[-1]), len(null))
+    if remainder_lead or remainder_trail:
+        return None
+    if body[begin : begin + len(null) * leading] != null * leading:
+        return None
+    if body[end - len(null) * trailing : end] != (separator + b"null") * trailing:
+        return None
+    nulls = int(between.sum())
+    if nulls and not _repeats(data, closing[:-1] + 1 + width, between, null):
+        return None
+    count = opening.size
+    rows = None
+    if leading or trailing or nulls:
+        rows = leading + np.arange(count)
+        rows[1:] += np.cumsum(between)
+    return opening + 1, closing, rows, leading + count + nulls + trailing
+
+
+def _repeats(
+    data: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], times: npt.NDArray[np.intp], pattern: bytes
+) -> bool:
+    """Whether ``data[starts[i]:]`` begins with ``pattern`` repeated ``times[i]`` times, for every i."""
+    import numpy as np
+
+    keep = times > 0
+    starts = starts[keep]
+    lengths = len(pattern) * times[keep]
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    expected = np.frombuffer(pattern, dtype=np.uint8)[offsets % len(pattern)]
+    return bool((data[np.repeat(starts, lengths) + offsets] == expected).all())
+
+
+def _mostly_distinct(body: bytes | bytearray, begin: int, end: int) -> bool:
+    """Guess from spread samples whether over a quarter of a plain string list's items are distinct.
+
+    A sample of ``s`` items with ``r`` repeats suggests about ``s * s / (2 * r)`` distinct
+    values (the birthday estimate). Below a quarter, sharing equal strings pays off.
+    """
+    seen: set[bytes] = set()
+    sampled = 0
+    covered = 0
+    window = 4096
+    windows = 32
+    for k in range(windows):
+        at = begin + (end - begin - window) * k // (windows - 1) if end - begin > window else begin
+        chunk = bytes(body[at : min(end, at + window)])
+        # A quote then a separator then a quote: a string ends there and the next one starts.
+        found = [i for i in (chunk.find(b'","'), chunk.find(b'", "')) if i != -1]
+        if not found:
+            continue
+        parts = chunk[min(found) + 1 :].split(b'"')[1::2][1:-1]  # whole strings (the last may be cut)
+        seen.update(parts)
+        sampled += len(parts)
+        covered += sum(map(len, parts)) + 3 * len(parts)
+        if end - begin <= window:
+            break
+    repeats = sampled - len(seen)
+    if not repeats:
+        return True
+    items = (end - begin) * sampled / covered
+    return 4 * sampled * sampled / (2 * repeats) > items
+
+
+def _split_strings(body: bytes | bytearray, begin: int, end: int) -> list[str] | None:
+    """The strings of a plain string list, in order (every quote delimits one: there is no escape)."""
+    try:
+        text = str(body[begin:end], "utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None  # the general path reports it
+    return text.split('"')[1::2]
+
+
+def _shared_strings(
+    body: bytes | bytearray,
+    begin: int,
+    end: int,
+    first: npt.NDArray[np.intp],
+    closing: npt.NDArray[np.intp],
+) -> npt.NDArray[np.object_] | None:
+    """The strings at ``body[begin + first[i] : begin + closing[i]]``, equal ones as one object."""
+    import numpy as np
+    import pandas as pd
+
+    count = first.size
+    lengths = closing - first
+    width = int(lengths.max())
+    if width > _MAX_KEY_BYTES:
+        split = _split_strings(body, begin, end)
+        if split is None or len(split) != count:
+            return None
+        objects = np.empty(count, dtype=object)
+        objects[:] = split
+        del split
+        codes, uniques = pd.factorize(objects, size_hint=min(count, 65536))
+        return uniques[codes]
+    data = np.frombuffer(body, dtype=np.uint8, count=end - begin, offset=begin)
+    keys = _string_keys(data, first, lengths, width)
+    hashed = keys[0]
+    for key in keys[1:]:
+        hashed = hashed * np.uint64(0x9E3779B97F4A7C15)
+        hashed ^= key
+    codes, uniques = pd.factorize(hashed, size_hint=min(count, 65536))
+    del hashed
+    representative = np.empty(len(uniques), dtype=np.intp)
+    representative[codes] = np.arange(count)
+    if len(keys) > 1 and not all(np.array_equal(key, key[representative][codes]) for key in keys):
+        return None  # a hash collision: vanishingly rare, and never guessed around
+    del keys
+    try:
+        distinct = [
+            str(body[begin + a : begin + b], "utf-8", "surrogatepass")
+            for a, b in zip(first[representative].tolist(), closing[representative].tolist(), strict=True)
+        ]
+    except UnicodeDecodeError:
+        return None  # the general path reports it
+    strings = np.empty(len(distinct), dtype=object)
+    strings[:] = distinct
+    return strings[codes]
+
+
+def _string_keys(
+    data: npt.NDArray[np.uint8], first: npt.NDArray[np.intp], lengths: npt.NDArray[np.intp], width: int
+) -> list[npt.NDArray[np.uint64]]:
+    """Each string's bytes as ``ceil(width / 8)`` little-endian words, zero past its end.
+
+    JSON strings hold no raw NUL, so equal keys mean equal strings.
+    """
+    import numpy as np
+
+    words = max(1, -(-width // 8))
+    padded = np.zeros(data.size + 8 * words, dtype=np.uint8)
+    padded[: data.size] = data
+    # Element i of ``unaligned`` is the 8 bytes starting at byte i.
+    unaligned = np.ndarray(shape=(padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    keep = np.full((8 * words + 1, words), np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+    for length in range(8 * words + 1):
+        for word in range(words):
+            used = min(8, max(0, length - 8 * word))
+            if used < 8:
+                keep[length, word] = (1 << (8 * used)) - 1
+    keys = []
+    for word in range(words):
+        key = unaligned[first + 8 * word]
+        key &= keep[lengths, word]
+        keys.append(key)
+    return keys

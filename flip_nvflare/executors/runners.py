@@ -1,0 +1,421 @@
+"""TrainerRunner, ValidatorRunner, EvaluatorRunner: run a FLIP app's own executors from ``custom/``.
+
+A FLIP app ships its code in the job's ``custom/`` folder: ``trainer.py`` defining ``FLIP_TRAINER``,
+``validator.py`` defining ``FLIP_VALIDATOR``, ``evaluator.py`` defining ``FLIP_EVALUATOR``. Each is
+an NVFlare-style executor: built with keyword arguments, called with
+``execute(task_name, shareable, fl_ctx, abort_signal)``. A runner:
+
+- imports the user's module from this job's ``custom/`` folder when the first task arrives and
+  builds the class with the arguments it accepts (FLIP's usual ones, any ``app_args`` from the
+  config, and ``flip`` -- the job's backend -- if the constructor has such a parameter);
+- runs every call with the job's backend current, so ``FLIP()`` inside user code returns it, and
+  ``prepared_cohort()`` finds this job's prepared cohort;
+- passes the user's reply through; any exception becomes an execution-exception reply whose
+  ``exception`` header is the sanitized traceback (the full one stays in the client's log);
+- forwards NVFlare events to the user's object once it exists, if it is an FLComponent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
+
+from flip_nvflare.client import using_backend, using_run_dir
+from flip_nvflare.components.backend import get_flip_backend
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipTasks
+from flip_nvflare.core.base import FLIPBase
+from flip_nvflare.errors import FlipError
+from flip_nvflare.executors.context import job_custom_dir, job_run_dir
+from flip_nvflare.executors.manifest import cohort_identifiers
+from flip_nvflare.executors.sanitize import DEFAULT_MAX_CHARS, Sanitizer
+
+EXCEPTION_HEADER = "exception"
+
+
+class FlipAppError(FlipError):
+    """The user's app is not what a FLIP job needs (missing file or class, wrong constructor)."""
+
+
+@dataclass(frozen=True)
+class AppRole:
+    """What a runner looks for in ``custom/``."""
+
+    module: str
+    class_name: str
+    job_kind: str
+
+
+class _AppRunner(Executor):
+    """Shared machinery of the three runners; subclasses name the role and the default arguments."""
+
+    role: ClassVar[AppRole]
+
+    def __init__(
+        self,
+        *,
+        standard_args: dict[str, Any],
+        app_args: dict[str, Any] | None,
+        flip_id: str,
+        max_exception_chars: int,
+        redact_columns: list[str] | None,
+    ) -> None:
+        super().__init__()
+        if app_args is not None and not isinstance(app_args, dict):
+            raise FlipAppError(f"{type(self).__name__}: app_args must be a JSON object of constructor arguments.")
+        overlap = sorted(set(app_args or {}) & (set(standard_args) | {"flip"}))
+        if overlap:
+            raise FlipAppError(
+                f"{type(self).__name__}: app_args repeats {', '.join(overlap)}; set those as the runner's own args."
+            )
+        self._standard_args = standard_args
+        self._app_args = dict(app_args or {})
+        self._flip_id = flip_id
+        self._max_exception_chars = int(max_exception_chars)
+        self._redact_columns = list(redact_columns or [])
+        self._instance: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ NVFlare entry points
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Check the app's file exists at START_RUN (logged early); forward events to the user's object."""
+        if event_type == EventType.START_RUN:
+            custom = job_custom_dir(fl_ctx)
+            if custom is not None and _module_file(custom, self.role.module) is None:
+                self.log_error(fl_ctx, _missing_file_message(self.role, custom), fire_event=False)
+        instance = self._instance
+        if isinstance(instance, FLComponent):
+            try:
+                with self._user_context(fl_ctx):
+                    instance.handle_event(event_type, fl_ctx)
+            except Exception as exc:
+                self.log_error(
+                    fl_ctx,
+                    f"{self.role.class_name}.handle_event({event_type}) raised:\n{_format(exc)}",
+                    fire_event=False,
+                )
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        """Run the user's ``execute`` and pass its reply through; turn any exception into a sanitized reply."""
+        try:
+            with self._user_context(fl_ctx) as backend:
+                instance = self._get_instance(fl_ctx, backend)
+                result = instance.execute(task_name, shareable, fl_ctx, abort_signal)
+            if not isinstance(result, Shareable):
+                raise FlipAppError(
+                    f"{self.role.class_name}.execute must return a Shareable (e.g. make_reply(...) or "
+                    f"dxo.to_shareable()), got {type(result).__name__}."
+                )
+        except (Exception, SystemExit) as exc:  # a user's sys.exit() must not take the client down
+            self.log_error(
+                fl_ctx, f"{self.role.class_name} failed on task {task_name!r}:\n{_format(exc)}", fire_event=False
+            )
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={EXCEPTION_HEADER: self._safe_text(fl_ctx, exc)})
+        reported = result.get_header(EXCEPTION_HEADER)
+        if reported is not None:
+            result.set_header(EXCEPTION_HEADER, self._safe_text(fl_ctx, str(reported)))
+        return result
+
+    # ------------------------------------------------------------------ the user's object
+
+    @contextmanager
+    def _user_context(self, fl_ctx: FLContext) -> Iterator[FLIPBase]:
+        """Make the job's backend and run folder current, so FLIP() and prepared_cohort() find them."""
+        backend = get_flip_backend(fl_ctx, self._flip_id)
+        with using_backend(backend), using_run_dir(job_run_dir(fl_ctx)):
+            yield backend
+
+    def _get_instance(self, fl_ctx: FLContext, backend: FLIPBase) -> Any:
+        with self._lock:
+            if self._instance is None:
+                cls = load_app_class(job_custom_dir(fl_ctx), self.role)
+                kwargs = constructor_kwargs(cls, self.role, {**self._standard_args, **self._app_args}, backend)
+                unknown = sorted(set(self._app_args) - set(kwargs))
+                if unknown:
+                    raise FlipAppError(
+                        f"{self.role.class_name} does not accept app_args {', '.join(unknown)}: add them to its "
+                        "constructor or remove them from the runner's app_args."
+                    )
+                instance = cls(**kwargs)
+                if not callable(getattr(instance, "execute", None)):
+                    raise FlipAppError(
+                        f"{self.role.class_name} in {self.role.module}.py must define "
+                        "execute(self, task_name, shareable, fl_ctx, abort_signal) returning a Shareable "
+                        "(subclass nvflare.apis.executor.Executor)."
+                    )
+                self.log_info(fl_ctx, f"Built {self.role.class_name} from {self.role.module}.py.")
+                self._instance = instance
+            return self._instance
+
+    # ------------------------------------------------------------------ sanitizing
+
+    def _safe_text(self, fl_ctx: FLContext, what: BaseException | str) -> str:
+        """``what`` (an exception's traceback, or text) sanitized; if sanitizing fails, a bare summary."""
+        try:
+            sanitizer = self._sanitizer(fl_ctx)
+            return sanitizer.exception(what) if isinstance(what, BaseException) else sanitizer.text(what)
+        except Exception as exc:
+            self.log_error(fl_ctx, f"Sanitizing the exception text failed:\n{_format(exc)}", fire_event=False)
+            kind = type(what).__name__ if isinstance(what, BaseException) else "error"
+            return f"{self.role.class_name} failed with {kind} (details withheld: see the client's log)."
+
+    def _sanitizer(self, fl_ctx: FLContext) -> Sanitizer:
+        query = self._standard_args.get("query")
+        project_id = self._standard_args.get("project_id")
+        custom = job_custom_dir(fl_ctx)
+        return Sanitizer(
+            identifiers=cohort_identifiers(job_run_dir(fl_ctx), self._redact_columns),
+            query=query if isinstance(query, str) else None,
+            secrets=[project_id if isinstance(project_id, str) else None],
+            code_roots=[custom] if custom is not None else [],
+            max_chars=self._max_exception_chars,
+        )
+
+
+class TrainerRunner(_AppRunner):
+    """Runs ``FLIP_TRAINER`` from the job's ``custom/trainer.py``.
+
+    Args:
+        train_task_name: Name of the training task.
+        submit_model_task_name: Name of the task asking for the best local model.
+        exclude_vars: Variables to exclude when loading the global model (passed to the trainer).
+        project_id: The encrypted project id, normally ``"{project_id}"``.
+        query: The cohort SQL, normally ``"{query}"``.
+        app_args: Extra keyword arguments for ``FLIP_TRAINER`` (e.g. ``{"lr": 0.01}``).
+        flip_id: Id of the job's FlipBackend component.
+        max_exception_chars: Cap on the exception text sent to the hub.
+        redact_columns: Dataframe columns whose values are also redacted from exception text
+            (the cohort's accession ids always are).
+    """
+
+    role = AppRole("trainer", "FLIP_TRAINER", "training")
+
+    def __init__(
+        self,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        submit_model_task_name: str = AppConstants.TASK_SUBMIT_MODEL,
+        exclude_vars: Any = None,
+        project_id: str = "",
+        query: str = "",
+        app_args: dict[str, Any] | None = None,
+        flip_id: str = DEFAULT_FLIP_ID,
+        max_exception_chars: int = DEFAULT_MAX_CHARS,
+        redact_columns: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            standard_args={
+                "train_task_name": train_task_name,
+                "submit_model_task_name": submit_model_task_name,
+                "exclude_vars": exclude_vars,
+                "project_id": project_id,
+                "query": query,
+            },
+            app_args=app_args,
+            flip_id=flip_id,
+            max_exception_chars=max_exception_chars,
+            redact_columns=redact_columns,
+        )
+
+
+class ValidatorRunner(_AppRunner):
+    """Runs ``FLIP_VALIDATOR`` from the job's ``custom/validator.py``.
+
+    Args:
+        validate_task_name: Name of the validation task.
+        project_id: The encrypted project id, normally ``"{project_id}"``.
+        query: The cohort SQL, normally ``"{query}"``.
+        app_args: Extra keyword arguments for ``FLIP_VALIDATOR``.
+        flip_id: Id of the job's FlipBackend component.
+        max_exception_chars: Cap on the exception text sent to the hub.
+        redact_columns: Dataframe columns whose values are also redacted from exception text.
+    """
+
+    role = AppRole("validator", "FLIP_VALIDATOR", "training")
+
+    def __init__(
+        self,
+        validate_task_name: str = AppConstants.TASK_VALIDATION,
+        project_id: str = "",
+        query: str = "",
+        app_args: dict[str, Any] | None = None,
+        flip_id: str = DEFAULT_FLIP_ID,
+        max_exception_chars: int = DEFAULT_MAX_CHARS,
+        redact_columns: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            standard_args={"validate_task_name": validate_task_name, "project_id": project_id, "query": query},
+            app_args=app_args,
+            flip_id=flip_id,
+            max_exception_chars=max_exception_chars,
+            redact_columns=redact_columns,
+        )
+
+
+class EvaluatorRunner(_AppRunner):
+    """Runs ``FLIP_EVALUATOR`` from the job's ``custom/evaluator.py``.
+
+    Args:
+        evaluate_task_name: Name of the evaluation task.
+        project_id: The encrypted project id, normally ``"{project_id}"``.
+        query: The cohort SQL, normally ``"{query}"``.
+        app_args: Extra keyword arguments for ``FLIP_EVALUATOR``.
+        flip_id: Id of the job's FlipBackend component.
+        max_exception_chars: Cap on the exception text sent to the hub.
+        redact_columns: Dataframe columns whose values are also redacted from exception text.
+    """
+
+    role = AppRole("evaluator", "FLIP_EVALUATOR", "evaluation")
+
+    def __init__(
+        self,
+        evaluate_task_name: str = FlipTasks.EVALUATE,
+        project_id: str = "",
+        query: str = "",
+        app_args: dict[str, Any] | None = None,
+        flip_id: str = DEFAULT_FLIP_ID,
+        max_exception_chars: int = DEFAULT_MAX_CHARS,
+        redact_columns: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            standard_args={"evaluate_task_name": evaluate_task_name, "project_id": project_id, "query": query},
+            app_args=app_args,
+            flip_id=flip_id,
+            max_exception_chars=max_exception_chars,
+            redact_columns=redact_columns,
+        )
+
+
+# ---------------------------------------------------------------------- loading the user's class
+
+
+def load_app_class(custom_dir: Path | None, role: AppRole) -> type:
+    """Import ``role.module`` from the job's ``custom/`` folder and return ``role.class_name``.
+
+    The module is imported under its own name (so the app's other modules and pickles keep
+    working) unless a different module of that name is already loaded, in which case this job's
+    file is loaded under a private name.
+
+    Raises:
+        FlipAppError: The file or the class is missing.
+    """
+    if custom_dir is None:
+        try:
+            module = importlib.import_module(role.module)
+        except ModuleNotFoundError as exc:
+            if exc.name != role.module:
+                raise
+            raise FlipAppError(
+                f"{role.module}.py not found on the Python path: a FLIP {role.job_kind} app must contain "
+                f"{role.module}.py defining class {role.class_name} in the job's custom folder."
+            ) from None
+    else:
+        path = _module_file(custom_dir, role.module)
+        if path is None:
+            raise FlipAppError(_missing_file_message(role, custom_dir))
+        module = _import_from(custom_dir, role.module, path)
+    cls = getattr(module, role.class_name, None)
+    if not inspect.isclass(cls):
+        raise FlipAppError(
+            f"{role.module}.py in the job's custom folder does not define class {role.class_name}: a FLIP "
+            f"{role.job_kind} app must define it (an NVFlare Executor with "
+            "execute(task_name, shareable, fl_ctx, abort_signal))."
+        )
+    return cls
+
+
+def constructor_kwargs(cls: type, role: AppRole, offered: dict[str, Any], backend: FLIPBase) -> dict[str, Any]:
+    """The keyword arguments of ``offered`` that ``cls`` accepts, plus ``flip=backend`` if it asks for it.
+
+    Raises:
+        FlipAppError: The constructor needs an argument nobody provides.
+    """
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return dict(offered)
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in offered.items() if k in params or takes_any}
+    if "flip" in params:
+        kwargs["flip"] = backend
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        raise FlipAppError(
+            f"Cannot build {role.class_name}: {exc}. The runner provides {', '.join(sorted(offered))} "
+            "and 'flip' (the job's backend) to constructors that name them; pass other arguments with app_args."
+        ) from None
+    return kwargs
+
+
+def _module_file(custom_dir: Path, module: str) -> Path | None:
+    for candidate in (custom_dir / f"{module}.py", custom_dir / module / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _missing_file_message(role: AppRole, custom_dir: Path) -> str:
+    return (
+        f"{role.module}.py not found in the job's custom folder ({custom_dir}): a FLIP {role.job_kind} app must "
+        f"contain {role.module}.py defining class {role.class_name}."
+    )
+
+
+def _import_from(custom_dir: Path, name: str, path: Path) -> ModuleType:
+    loaded = sys.modules.get(name)
+    if loaded is not None and _same_file(loaded, path):
+        return loaded
+    if str(custom_dir) not in sys.path:
+        sys.path.insert(0, str(custom_dir))
+    importlib.invalidate_caches()
+    if loaded is None:
+        module = importlib.import_module(name)
+        if _same_file(module, path):
+            return module
+    # Another module of that name is loaded (another job, or an installed package): load ours privately.
+    private = f"_flip_app_{abs(hash(str(path.resolve())))}_{name}"
+    if private in sys.modules:
+        return sys.modules[private]
+    spec = importlib.util.spec_from_file_location(private, path)
+    if spec is None or spec.loader is None:
+        raise FlipAppError(f"Cannot import {path.name} from the job's custom folder.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[private] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(private, None)
+        raise
+    return module
+
+
+def _same_file(module: ModuleType, path: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    try:
+        return file is not None and Path(file).resolve() == path.resolve()
+    except OSError:
+        return False
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

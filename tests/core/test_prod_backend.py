@@ -1,0 +1,390 @@
+"""FLIPStandardProd against the FLIP services emulator and moto's S3 server, over real sockets.
+
+Retry and timeout behaviour under injected faults is covered in tests/emulator/test_faults_core.py;
+this module covers each method's request and result, what is refused before any request, typed
+errors, results in S3, and what reaches the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from flip_nvflare.constants import ModelStatus, ResourceType
+from flip_nvflare.core.http import RetryPolicy, join_url
+from flip_nvflare.core.standard import FLIPStandardProd
+from flip_nvflare.emulator.testing import EmulatorHandle
+from flip_nvflare.errors import (
+    FlipAuthenticationError,
+    FlipInvalidArgument,
+    FlipNotFoundError,
+    FlipRequestRejected,
+    FlipResultsUploadError,
+)
+
+COHORT_SQL = "SELECT io.person_id, io.accession_id FROM omop.image_occurrence io ORDER BY io.image_occurrence_id"
+
+
+@pytest.fixture
+def emu(flip_emulator_shared: EmulatorHandle) -> EmulatorHandle:
+    return flip_emulator_shared
+
+
+_ROUTES = {"flip-api": ("hub", "/api/"), "data-access-api": ("trust", "/cohort/"), "imaging-api": ("trust", "/")}
+
+
+def _count(emu: EmulatorHandle, service: str) -> int:
+    side, prefix = _ROUTES[service]
+    records = emu.requests(side)
+    if service == "imaging-api":
+        return sum(1 for r in records if "/images/" in r.path)
+    return sum(1 for r in records if r.path.startswith(prefix))
+
+
+# --------------------------------------------------------------------------- URL joining
+
+
+@pytest.mark.parametrize(
+    ("base", "route", "expected"),
+    [
+        ("http://h:8000", "/cohort/dataframe", "http://h:8000/cohort/dataframe"),
+        ("http://h:8000/", "/cohort/dataframe", "http://h:8000/cohort/dataframe"),
+        ("http://h:8000/api", "/model/x/metrics", "http://h:8000/api/model/x/metrics"),
+        ("http://h:8000/api/", "model/x/metrics", "http://h:8000/api/model/x/metrics"),
+        ("http://h/trust-1//", "//cohort/dataframe", "http://h/trust-1/cohort/dataframe"),
+    ],
+)
+def test_join_url_never_makes_a_double_slash(base: str, route: str, expected: str) -> None:
+    assert join_url(base, route) == expected
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every request like the FLIP services would and records path and headers."""
+
+    seen: list[tuple[str, str, dict[str, str]]]
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        type(self).seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+        if "/cohort/dataframe" in self.path:
+            body, code = b'{"accession_id": ["A1", "A2"], "age": [1, 2]}', 200
+        elif "/download/images/" in self.path:
+            body, code = json.dumps({"path": "/data/images/net-1/A1"}).encode(), 200
+        elif self.path.endswith("/metrics"):
+            body, code = b"", 204
+        else:
+            body, code = b'{"success": "status set"}', 200
+        self.send_response(code)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, list[tuple[str, str, dict[str, str]]]]]:
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/prefix", "/prefix/"])
+def test_each_side_sends_only_its_own_key_and_prefixes_are_kept(
+    recorder: tuple[str, list[tuple[str, str, dict[str, str]]]], suffix: str
+) -> None:
+    base, seen = recorder
+    backend = FLIPStandardProd(
+        flip_api_url=base + suffix,
+        hub_key="hub-secret",
+        data_access_api_url=base + suffix,
+        imaging_api_url=base + suffix,
+        trust_key="trust-secret",
+        net_id="net-1",
+        env={},
+    )
+    model = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    backend.update_status(model, ModelStatus.INITIATED)
+    backend.send_metrics("site-1", model, "LOSS_FUNCTION", 0.25, 2)
+    frame = backend.get_dataframe("enc-project", "SELECT 1")
+    backend.get_by_accession_number("enc-project", "A1", [ResourceType.NIFTI, ResourceType.SEG])
+    backend.close()
+    assert list(frame["accession_id"]) == ["A1", "A2"]
+    prefix = suffix.rstrip("/")
+    paths = [(method, path) for method, path, _ in seen]
+    assert paths == [
+        ("PUT", f"{prefix}/model/{model}/status/INITIATED"),
+        ("POST", f"{prefix}/model/{model}/metrics"),
+        ("POST", f"{prefix}/cohort/dataframe"),
+        ("POST", f"{prefix}/download/images/net-1?assessor_type=scan&resource_type=NIFTI"),
+        ("POST", f"{prefix}/download/images/net-1?assessor_type=assessor&resource_type=SEG"),
+    ]
+    for _, path, headers in seen:
+        hub_call = "/model/" in path
+        assert headers.get("x-internal-service-key") == ("hub-secret" if hub_call else None)
+        assert headers.get("x-trust-internal-service-key") == (None if hub_call else "trust-secret")
+        assert "hub-secret" not in json.dumps(headers) or hub_call
+
+
+def test_custom_key_headers(recorder: tuple[str, list[tuple[str, str, dict[str, str]]]]) -> None:
+    base, seen = recorder
+    env = {
+        "FLIP_API_INTERNAL_URL": base,
+        "INTERNAL_SERVICE_KEY": "k1",
+        "INTERNAL_SERVICE_KEY_HEADER": "X-Hub",
+        "DATA_ACCESS_API_URL": base,
+        "TRUST_INTERNAL_SERVICE_KEY": "k2",
+        "TRUST_INTERNAL_SERVICE_KEY_HEADER": "X-Trust",
+    }
+    backend = FLIPStandardProd(env=env)
+    backend.update_status("3fa85f64-5717-4562-b3fc-2c963f66afa6", "STOPPED")
+    backend.get_dataframe("p", "SELECT 1")
+    assert [(h.get("x-hub"), h.get("x-trust")) for _, _, h in seen] == [("k1", None), (None, "k2")]
+
+
+# --------------------------------------------------------------------------- trust side
+
+
+def test_dataframe_matches_the_trust_database(emu: EmulatorHandle) -> None:
+    frame = emu.prod_backend().get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+    assert list(frame.columns) == ["person_id", "accession_id"]
+    assert len(frame) > 10 and frame["accession_id"].is_unique
+    assert [c.status_code for c in emu.cohort_queries()] == [200]
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "status", "detail"),
+    [
+        ("DELETE FROM omop.person", FlipRequestRejected, 400, None),
+        ("SELECT person_id FROM omop.person WHERE person_id = 1", FlipRequestRejected, 403, "too small"),
+    ],
+)
+def test_rejected_queries_are_typed_final_and_keep_the_sql_out(
+    emu: EmulatorHandle, query: str, error: type[Exception], status: int, detail: str | None
+) -> None:
+    before = _count(emu, "data-access-api")
+    with pytest.raises(error) as err:
+        emu.prod_backend().get_dataframe(emu.encrypted_project_id, query)
+    assert getattr(err.value, "status_code", None) == status
+    if detail:
+        assert detail in str(err.value)
+    assert query not in str(err.value)
+    assert "data-access-api POST /cohort/dataframe" in str(err.value)
+    assert _count(emu, "data-access-api") == before + 1  # no retry
+
+
+def test_wrong_trust_key_is_final(emu: EmulatorHandle) -> None:
+    before = _count(emu, "data-access-api")
+    with pytest.raises(FlipAuthenticationError) as err:
+        emu.prod_backend(trust_key="wrong").get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+    assert err.value.status_code == 401 and "wrong" not in str(err.value)
+    assert _count(emu, "data-access-api") == before + 1
+
+
+def test_tampered_project_envelope_is_rejected(emu: EmulatorHandle) -> None:
+    with pytest.raises(FlipRequestRejected) as err:
+        emu.prod_backend().get_dataframe(emu.encrypted_project_id + "x", COHORT_SQL)
+    assert err.value.status_code == 400
+
+
+@pytest.mark.parametrize("accession", ["", ".", "..", "../x", "a/b", "x y"])
+def test_unsafe_accession_ids_are_refused_before_any_request(emu: EmulatorHandle, accession: str) -> None:
+    before = _count(emu, "imaging-api")
+    with pytest.raises(FlipInvalidArgument):
+        emu.prod_backend().get_by_accession_number(emu.encrypted_project_id, accession)
+    assert _count(emu, "imaging-api") == before
+
+
+def test_unknown_accession_is_not_found_without_the_id(emu: EmulatorHandle) -> None:
+    with pytest.raises(FlipNotFoundError) as err:
+        emu.prod_backend().get_by_accession_number(emu.encrypted_project_id, "NOPE-424242")
+    assert "NOPE-424242" not in str(err.value) and err.value.status_code == 404
+
+
+def test_download_lands_under_images_dir(emu: EmulatorHandle) -> None:
+    backend = emu.prod_backend()
+    frame = backend.get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+    accession = str(frame["accession_id"].iloc[0])
+    folder = backend.get_by_accession_number(emu.encrypted_project_id, accession)
+    assert folder == emu.images_dir / emu.net_id / accession
+    assert any(folder.rglob("*.nii.gz"))
+    (download,) = [d for d in emu.downloads() if d.accession_id == accession]
+    assert (download.resource_type, download.assessor_type, download.status_code) == ("NIFTI", "scan", 200)
+
+
+def test_cleanup_stays_inside_the_net_folder(emu: EmulatorHandle, tmp_path: Path) -> None:
+    backend = emu.prod_backend()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with pytest.raises(FlipInvalidArgument):
+        backend.cleanup(outside)
+    with pytest.raises(FlipInvalidArgument):
+        backend.cleanup(emu.images_dir / emu.net_id)
+    assert outside.exists()
+
+
+# --------------------------------------------------------------------------- hub side
+
+
+@pytest.mark.parametrize("hub_api", ["h1", "h2"])
+def test_metrics_body_per_hub_generation(emu: EmulatorHandle, hub_api: str) -> None:
+    emu.set_hub_api(hub_api)
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    backend = emu.prod_backend(hub_api=hub_api)
+    assert backend.send_metrics("site-1", model, "train_loss", 0.5, 3, x_value=12.0, x_label="epoch")
+    (metric,) = emu.records(model).metrics
+    assert (metric.trust, metric.global_round, metric.label, metric.result) == ("Trust_1", 3, "train_loss", 0.5)
+    if hub_api == "h2":
+        assert (metric.x_value, metric.x_label) == (12.0, "epoch")
+    else:
+        assert metric.x_label in (None, "Global Rounds")
+
+
+def test_invalid_model_id_and_nan_metric_send_nothing(emu: EmulatorHandle, caplog: pytest.LogCaptureFixture) -> None:
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    backend = emu.prod_backend()
+    before = _count(emu, "flip-api")
+    with pytest.raises(FlipInvalidArgument):
+        backend.update_status("not-a-uuid", ModelStatus.INITIATED)
+    with caplog.at_level(logging.WARNING):
+        assert backend.send_metrics("site-1", model, "LOSS_FUNCTION", float("nan"), 1) is False
+        assert backend.send_metrics("site-1", model, "LOSS_FUNCTION", float("inf"), 1) is False
+    assert "not a finite number" in caplog.text
+    assert _count(emu, "flip-api") == before
+
+
+def test_hub_errors_are_typed_and_final(emu: EmulatorHandle) -> None:
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    before = _count(emu, "flip-api")
+    with pytest.raises(FlipRequestRejected) as err:
+        emu.prod_backend().send_metrics("site-9", model, "LOSS_FUNCTION", 1.0, 0)
+    assert err.value.status_code == 400 and err.value.detail
+    with pytest.raises(FlipAuthenticationError):
+        emu.prod_backend(hub_key="wrong").update_status(model, ModelStatus.INITIATED)
+    with pytest.raises(FlipNotFoundError):
+        emu.prod_backend().update_status("3fa85f64-5717-4562-b3fc-2c963f66afa6", ModelStatus.INITIATED)
+    assert _count(emu, "flip-api") == before + 3
+
+
+def test_a_trust_process_needs_no_hub_settings(emu: EmulatorHandle) -> None:
+    trust_only = FLIPStandardProd(
+        data_access_api_url=emu.data_access_url, trust_key=emu.trust_key, env={}
+    )
+    assert len(trust_only.get_dataframe(emu.encrypted_project_id, COHORT_SQL)) > 0
+    with pytest.raises(Exception, match="FLIP_API_INTERNAL_URL"):
+        trust_only.update_status("3fa85f64-5717-4562-b3fc-2c963f66afa6", ModelStatus.INITIATED)
+
+
+# --------------------------------------------------------------------------- results in S3
+
+
+def _results_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "results"
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "FL_global_model.pt").write_bytes(b"weights" * 1000)
+    (folder / "cross_site_val.json").write_text('{"site-1": {"acc": 0.9}}')
+    return folder
+
+
+def _s3(emu: EmulatorHandle) -> Any:
+    env = emu.env()
+    return boto3.client(
+        "s3",
+        endpoint_url=emu.s3_endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+
+
+@pytest.mark.parametrize("bucket_form", ["bare", "trailing-slash", "prefixed"])
+def test_results_keys_for_bare_and_prefixed_buckets(emu: EmulatorHandle, tmp_path: Path, bucket_form: str) -> None:
+    s3 = _s3(emu)
+    bucket = f"results-{bucket_form}"
+    s3.create_bucket(Bucket=bucket)
+    uri = {"bare": f"s3://{bucket}", "trailing-slash": f"{bucket}/", "prefixed": f"s3://{bucket}/flip/results/"}
+    model = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    backend = FLIPStandardProd(results_bucket=uri[bucket_form], env=emu.env())
+    folder = _results_folder(tmp_path)
+    stored = backend.upload_results_to_s3(folder, model)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert len(keys) == 1 and stored == f"s3://{bucket}/{keys[0]}"
+    expected_prefix = "flip/results/" if bucket_form == "prefixed" else ""
+    assert keys[0].startswith(f"{expected_prefix}{model}/") and not keys[0].startswith("/")
+    stamp = keys[0].rsplit("/", 1)[1]
+    assert len(stamp) == len("20260101_120000.zip") and stamp[8] == "_"
+    body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()
+    with zipfile.ZipFile(BytesIO(body)) as zf:
+        assert sorted(zf.namelist()) == ["cross_site_val.json", "models/FL_global_model.pt"]
+        assert zf.read("models/FL_global_model.pt") == b"weights" * 1000
+    assert (folder / "models" / "FL_global_model.pt").exists()
+
+
+def test_upload_failure_keeps_the_folder(emu: EmulatorHandle, tmp_path: Path) -> None:
+    folder = _results_folder(tmp_path)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    backend = FLIPStandardProd(results_bucket="s3://no-such-bucket", env=emu.env())
+    with pytest.raises(FlipResultsUploadError) as err:
+        backend.upload_results_to_s3(folder, "3fa85f64-5717-4562-b3fc-2c963f66afa6")
+    assert "left intact" in str(err.value)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
+def test_upload_refuses_a_missing_folder(emu: EmulatorHandle, tmp_path: Path) -> None:
+    with pytest.raises(FlipInvalidArgument):
+        FLIPStandardProd(env=emu.env()).upload_results_to_s3(tmp_path / "nope", "3fa85f64-5717-4562-b3fc-2c963f66afa6")
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def test_nothing_sensitive_reaches_the_logs(
+    emu: EmulatorHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    backend = FLIPStandardProd(env=emu.env(), retry=RetryPolicy(max_attempts=2, initial_delay=0.01))
+    caplog.set_level(logging.DEBUG, logger="flip_nvflare")
+    caplog.set_level(logging.INFO)
+    frame = backend.get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+    accessions = [str(a) for a in frame["accession_id"].iloc[:2]]
+    folders = [backend.get_by_accession_number(emu.encrypted_project_id, a) for a in accessions]
+    with pytest.raises(FlipRequestRejected):
+        backend.get_dataframe(emu.encrypted_project_id, "SELECT secret_column_xyz FROM omop.person")
+    with pytest.raises(FlipNotFoundError):
+        backend.get_by_accession_number(emu.encrypted_project_id, "MISSING-ACC-999")
+    backend.update_status(model, ModelStatus.INITIATED)
+    backend.send_metrics("site-1", model, "LOSS_FUNCTION", 0.1, 0)
+    backend.upload_results_to_s3(_results_folder(tmp_path), model)
+    text = caplog.text
+    assert "flip-api PUT /model/" in text and "data-access-api POST /cohort/dataframe" in text
+    for secret in [
+        emu.hub_key,
+        emu.trust_key,
+        COHORT_SQL,
+        "secret_column_xyz",
+        "MISSING-ACC-999",
+        *accessions,
+        *(str(f) for f in folders),
+    ]:
+        assert secret not in text, "sensitive value in logs"
