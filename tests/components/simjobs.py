@@ -10,17 +10,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flip_nvflare.emulator.testing import EmulatorHandle, start_emulator
+
 APP_SOURCE = Path(__file__).parent / "jobs" / "flip_widgets_app.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NP_PERSISTOR = "nvflare.app_common.np.np_model_persistor.NPModelPersistor"
 NP_LOCATOR = "nvflare.app_common.np.np_model_locator.NPModelLocator"
+CONTROLLERS = "flip_nvflare.controllers"
 
 
 @dataclass
@@ -70,9 +77,12 @@ class WidgetJob:
         evaluation: An evaluation job (InitEvaluation + GlobalModelEval) instead of training
             (InitTraining + ScatterAndGather + CrossSiteModelEval).
         rounds: Global rounds of a training job.
-        executor_args: Extra args of the clients' WidgetTestExecutor.
+        trainer_args: Extra args of the clients' trainer (flip_widgets_app.WidgetTrainer, run as
+            FLIP_TRAINER by flip_nvflare's TrainerRunner).
         server_extras: Extra server components (e.g. AbortAt, HubOutage), placed first.
         client_api_eval: Evaluation jobs: evaluate with a stock NVFlare Client API script.
+        controller: Training jobs: ``"sag"`` (ScatterAndGather) or ``"fedavg"`` (FedAvg).
+        declare_flip_mode: Write the top-level ``flip_mode`` key (False: a job that forgot it).
     """
 
     root: Path
@@ -80,9 +90,11 @@ class WidgetJob:
     sides: list[FlipSide]
     evaluation: bool = False
     rounds: int = 2
-    executor_args: dict[str, Any] = field(default_factory=dict)
+    trainer_args: dict[str, Any] = field(default_factory=dict)
     server_extras: list[dict[str, Any]] = field(default_factory=list)
     client_api_eval: bool = False
+    controller: str = "sag"
+    declare_flip_mode: bool = True
 
     @property
     def job_dir(self) -> Path:
@@ -101,6 +113,10 @@ class WidgetJob:
         return self.workspace / "server" / "simulate_job"
 
     @property
+    def client_mode(self) -> str:
+        return "prod" if any(side.mode == "prod" for side in self.sides) else "dev"
+
+    @property
     def eval_model(self) -> Path:
         return self.root / "model_to_evaluate.npy"
 
@@ -112,10 +128,13 @@ class WidgetJob:
         (app / "config").mkdir(parents=True, exist_ok=True)
         (app / "custom").mkdir(parents=True, exist_ok=True)
         shutil.copy(APP_SOURCE, app / "custom" / APP_SOURCE.name)
+        (app / "custom" / "trainer.py").write_text("from flip_widgets_app import WidgetTrainer as FLIP_TRAINER\n")
         meta = {"name": "flip_widgets", "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": 2}
         (self.job_dir / "meta.json").write_text(json.dumps(meta))
-        (app / "config" / "config_fed_server.json").write_text(json.dumps(self._server_config(), indent=1))
-        (app / "config" / "config_fed_client.json").write_text(json.dumps(self._client_config(), indent=1))
+        for name, config in (("server", self._server_config()), ("client", self._client_config())):
+            if not self.declare_flip_mode:
+                config.pop("flip_mode")
+            (app / "config" / f"config_fed_{name}.json").write_text(json.dumps(config, indent=1))
         return self.job_dir
 
     def _server_config(self) -> dict[str, Any]:
@@ -126,9 +145,10 @@ class WidgetJob:
             import numpy as np
 
             np.save(self.eval_model, np.full((3, 3), 5.0, dtype=np.float32))
-            components.append({"id": "model_locator", "path": NP_LOCATOR, "args": {"model_name": {"server": str(self.eval_model)}}})
+            locator_args = {"model_name": {"server": str(self.eval_model)}}
+            components.append({"id": "model_locator", "path": NP_LOCATOR, "args": locator_args})
             workflows = [
-                {"id": "init", "path": "flip_nvflare.controllers.InitEvaluation", "args": {"min_clients": "{min_clients}"}},
+                {"id": "init", "path": f"{CONTROLLERS}.InitEvaluation", "args": {"min_clients": "{min_clients}"}},
                 {
                     "id": "evaluate",
                     "path": "nvflare.app_common.workflows.global_model_eval.GlobalModelEval",
@@ -151,9 +171,8 @@ class WidgetJob:
                 },
                 {"id": "model_locator", "path": NP_LOCATOR, "args": {}},
             ]
-            workflows = [
-                {"id": "init", "path": "flip_nvflare.controllers.InitTraining", "args": {"min_clients": "{min_clients}"}},
-                {
+            training = {
+                "sag": {
                     "id": "sag",
                     "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
                     "args": {
@@ -164,6 +183,20 @@ class WidgetJob:
                         "ignore_result_error": False,
                     },
                 },
+                "fedavg": {
+                    "id": "fedavg",
+                    "path": "nvflare.app_common.workflows.fedavg.FedAvg",
+                    "args": {
+                        "num_clients": "{min_clients}",
+                        "num_rounds": "{global_rounds}",
+                        "persistor_id": "persistor",
+                        "ignore_result_error": False,
+                    },
+                },
+            }[self.controller]
+            workflows = [
+                {"id": "init", "path": f"{CONTROLLERS}.InitTraining", "args": {"min_clients": "{min_clients}"}},
+                training,
                 {
                     "id": "cross_site_validate",
                     "path": "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
@@ -172,7 +205,7 @@ class WidgetJob:
             ]
         return {
             "format_version": 2,
-            "flip_mode": self.sides[0].mode,
+            "flip_mode": self.client_mode,
             "model_id": self.model_id,
             "min_clients": 2,
             "global_rounds": self.rounds,
@@ -184,16 +217,17 @@ class WidgetJob:
         }
 
     def _client_config(self) -> dict[str, Any]:
-        executor = {
-            "path": "flip_widgets_app.WidgetTestExecutor",
-            "args": {"ledger_dir": str(self.ledger_dir), **self.executor_args},
-        }
-        executors: list[dict[str, Any]] = []
-        tasks = ["init_task", "train", "validate", "post_task"] if self.evaluation else [
-            "init_training", "train", "validate", "post_validation"
+        helper = ["init_task", "post_task"] if self.evaluation else ["init_training", "validate", "post_validation"]
+        executors: list[dict[str, Any]] = [
+            {
+                "tasks": ["train"],
+                "executor": {
+                    "path": "flip_nvflare.executors.TrainerRunner",
+                    "args": {"app_args": {"ledger_dir": str(self.ledger_dir), **self.trainer_args}},
+                },
+            }
         ]
         if self.client_api_eval:
-            tasks = [t for t in tasks if t != "evaluate"]
             executors.append(
                 {
                     "tasks": ["evaluate"],
@@ -209,15 +243,16 @@ class WidgetJob:
                 }
             )
         elif self.evaluation:
-            tasks.append("evaluate")
-        executors.append({"tasks": tasks, "executor": executor})
+            helper.append("evaluate")
+        executors.append({"tasks": helper, "executor": {"path": "flip_widgets_app.WidgetTestExecutor"}})
         return {
             "format_version": 2,
-            "flip_mode": self.sides[0].mode,
+            "flip_mode": self.client_mode,
             "executors": executors,
             "task_result_filters": [],
             "task_data_filters": [],
             "components": [
+                {"id": "flip", "path": "flip_nvflare.components.FlipBackend", "args": {"mode": "{flip_mode}"}},
                 {"id": "analytics_sender", "path": "nvflare.app_common.widgets.streaming.AnalyticsSender"},
                 {
                     "id": "event_to_fed",
@@ -227,24 +262,16 @@ class WidgetJob:
             ],
         }
 
-    def run(self, env: dict[str, str] | None = None) -> "RunResult":
-        """Write the job, run it in the simulator (with ``env`` set) and return what happened."""
-        from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
+    def run(self, env: Mapping[str, str | None] | None = None, timeout: float = 900) -> RunResult:
+        """Write the job, run it in the simulator (in a subprocess) and return what happened.
 
-        self.write()
-        if self.client_api_eval:
-            (self.job_dir / "app" / "custom" / "eval_script.py").write_text(EVAL_SCRIPT)
-        started = time.monotonic()
-        with _environment(env or {}):
-            runner = SimulatorRunner(
-                job_folder=str(self.job_dir), workspace=str(self.workspace), n_clients=2, threads=2
-            )
-            code = int(runner.run())
-        return RunResult(self, code, time.monotonic() - started)
+        ``env`` is set for the run (a ``None`` value unsets the variable).
+        """
+        return start_run(self, env or {}).wait(timeout)
 
 
 #: A stock NVFlare Client API evaluation script: no FLIP code, metrics through SummaryWriter.
-EVAL_SCRIPT = '''
+EVAL_SCRIPT = """
 import numpy as np
 
 import nvflare.client as flare
@@ -261,21 +288,155 @@ while flare.is_running():
         writer.add_scalar("eval_loss@batch", 1.0 / (batch + 1), global_step=batch)
     writer.add_scalar("accuracy", mean / 10.0)
     flare.send(flare.FLModel(metrics={"accuracy": mean / 10.0}))
-'''
+"""
 
 
-@contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+class RunningJob:
+    """A WidgetJob running in the simulator in a subprocess (so several can run at once)."""
+
+    def __init__(self, job: WidgetJob, env: Mapping[str, str | None]) -> None:
+        job.write()
+        if job.client_api_eval:
+            (job.job_dir / "app" / "custom" / "eval_script.py").write_text(EVAL_SCRIPT)
+        full_env = {k: v for k, v in os.environ.items() if k not in env}
+        full_env.update({k: v for k, v in env.items() if v is not None})
+        self.job = job
+        self._log = open(job.root / "simulator.log", "wb")  # closed in wait()
+        self._started = time.monotonic()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.components.simjobs", str(job.job_dir), str(job.workspace)],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def wait(self, timeout: float) -> RunResult:
+        """Wait for the run to end (killing it after ``timeout`` seconds) and return its result."""
+        try:
+            code = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        finally:
+            self._log.close()
+        return RunResult(self.job, code, time.monotonic() - self._started)
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+
+
+def start_run(job: WidgetJob, env: Mapping[str, str | None]) -> RunningJob:
+    """Start ``job`` in the simulator in a subprocess."""
+    return RunningJob(job, env)
+
+
+# ---------------------------------------------------------------------- runs shared by a test session
+#
+# The e2e modules plan their run with ``@planned_run(...)``; the session fixture ``widget_runs``
+# (conftest.py) starts the runs of every selected module at once, a few in parallel (a simulator run
+# mostly waits), and each module's fixture takes its result.
+
+
+@dataclass
+class PlannedRun:
+    """A run to start: the job, its environment, and what the module's tests need about it."""
+
+    job: WidgetJob
+    env: Mapping[str, str | None]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class PlanContext:
+    """What a plan gets: temporary folders, the shared H2 hub, a way to keep resources for the session."""
+
+    def __init__(self, tmp_path_factory: Any, stack: ExitStack) -> None:
+        self._tmp = tmp_path_factory
+        self._stack = stack
+        self._hub: EmulatorHandle | None = None
+
+    def tmp(self, name: str) -> Path:
+        return Path(self._tmp.mktemp(name))
+
+    @property
+    def hub(self) -> EmulatorHandle:
+        """The shared emulator (H2 hub, moto S3), started on first use."""
+        if self._hub is None:
+            self._hub = self.keep(start_emulator(self.tmp("widgets-emulator"), hub_api="h2"))
+        return self._hub
+
+    def keep(self, context: Any) -> Any:
+        """Enter a context manager that lives until the end of the session."""
+        return self._stack.enter_context(context)
+
+
+PlanFactory = Callable[[PlanContext], PlannedRun]
+#: name -> (module, expected seconds, factory); filled when the test modules are collected.
+PLANS: dict[str, tuple[str, float, PlanFactory]] = {}
+
+
+def planned_run(name: str, seconds: float) -> Callable[[PlanFactory], PlanFactory]:
+    """Register a module's run; ``seconds`` (its rough length) orders the start, longest first."""
+
+    def register(factory: PlanFactory) -> PlanFactory:
+        PLANS[name] = (factory.__module__, seconds, factory)
+        return factory
+
+    return register
+
+
+class RunPool:
+    """Starts planned runs in subprocesses, at most ``max_parallel`` at once, longest first."""
+
+    def __init__(self, max_parallel: int = 3) -> None:
+        self._slots = threading.Semaphore(max_parallel)
+        self._plans: dict[str, PlannedRun] = {}
+        self._done: dict[str, RunResult | BaseException] = {}
+        self._events: dict[str, threading.Event] = {}
+        self._running: list[RunningJob] = []
+        self._lock = threading.Lock()
+
+    def start(self, plans: list[tuple[str, PlannedRun]]) -> None:
+        for name, plan in plans:
+            self._plans[name] = plan
+            self._events[name] = threading.Event()
+        threading.Thread(target=self._schedule, args=(plans,), daemon=True).start()
+
+    def _schedule(self, plans: list[tuple[str, PlannedRun]]) -> None:
+        for name, plan in plans:
+            self._slots.acquire()
+            threading.Thread(target=self._run, args=(name, plan), daemon=True).start()
+
+    def _run(self, name: str, plan: PlannedRun) -> None:
+        try:
+            running = start_run(plan.job, plan.env)
+            with self._lock:
+                self._running.append(running)
+            self._done[name] = running.wait(timeout=900)
+        except BaseException as exc:  # handed to the test that asks for this run
+            self._done[name] = exc
+        finally:
+            self._slots.release()
+            self._events[name].set()
+
+    def result(self, name: str, timeout: float = 1200) -> tuple[PlannedRun, RunResult]:
+        if name not in self._events:
+            raise KeyError(f"run {name!r} was not planned for this session")
+        if not self._events[name].wait(timeout):
+            raise TimeoutError(f"run {name!r} did not finish within {timeout:g} s")
+        outcome = self._done[name]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return self._plans[name], outcome
+
+    def close(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        for job in running:
+            job.kill()
 
 
 @dataclass
@@ -289,6 +450,9 @@ class RunResult:
     def server_log(self) -> str:
         logs = sorted((self.job.workspace / "server").rglob("log.txt"))
         return "\n".join(p.read_text(errors="replace") for p in logs)
+
+    def simulator_output(self) -> str:
+        return (self.job.root / "simulator.log").read_text(errors="replace")
 
     def client_metrics(self) -> list[dict[str, Any]]:
         """Every valid metric the clients sent, from their ledgers."""
@@ -318,3 +482,49 @@ def zip_names(path: Path) -> set[str]:
 def zip_json(path: Path, name: str) -> Any:
     with zipfile.ZipFile(path) as zf:
         return json.loads(zf.read(name))
+
+
+def dual_sides(root: Path) -> tuple[FlipSide, FlipSide]:
+    """A dev side (first; keeps every file so the prod side finds them) and a prod side."""
+    dev = FlipSide("flip_dev", "dev", {"dev_output_dir": str(root / "dev_output")}, remove_after_upload=[])
+    prod = FlipSide("flip", "prod")
+    return dev, prod
+
+
+def download_results(env: dict[str, str], key: str, destination: Path) -> Path:
+    """Download one results zip from the emulator's S3."""
+    import boto3
+
+    bucket = env["UPLOADED_FEDERATED_DATA_BUCKET"].removeprefix("s3://").split("/", 1)[0]
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    client.download_file(bucket, key, str(destination))
+    return destination
+
+
+def metric_key(record: dict[str, Any], client_field: str = "site") -> tuple[Any, ...]:
+    """What identifies a metric, from a client ledger line (``site``) or a hub record (``fl_client_name``)."""
+    x_value = record.get("x_value")
+    value = record["value"] if "value" in record else record["result"]
+    return (
+        record[client_field],
+        record["label"],
+        record["round"] if "round" in record else record["global_round"],
+        round(float(value), 9),
+        None if x_value is None else float(x_value),
+        record.get("x_label"),
+    )
+
+
+if __name__ == "__main__":
+    from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
+
+    job_folder, workspace = sys.argv[1], sys.argv[2]
+    runner = SimulatorRunner(job_folder=job_folder, workspace=workspace, n_clients=2, threads=2)
+    sys.exit(int(runner.run()))

@@ -1,10 +1,11 @@
 """Test-only job code for the server-widget e2e runs (copied into each test job's ``custom/`` folder).
 
-Client side: ``WidgetTestExecutor`` answers the FLIP preparation tasks, trains a NumPy model, sends
-metrics both ways (FLIP's ``send_metrics_value`` and NVFlare's ``AnalyticsSender``), validates, and
-can fail on purpose the way the FLIP runners do (sanitized text in the reply's ``exception``
-header) or by raising. Every valid metric it sends is written to a per-site ledger file, so the
-tests can check that each one reached the hub exactly once.
+Client side: ``WidgetTestExecutor`` answers the FLIP preparation, validation and post tasks;
+``TestTrainer`` is the FLIP app's trainer (``FLIP_TRAINER`` in the job's ``trainer.py``, run by
+flip_nvflare's own ``TrainerRunner``): it trains a NumPy model, sends metrics both ways (FLIP's
+``send_metrics_value`` and NVFlare's ``AnalyticsSender``) and can raise on purpose, which the
+runner turns into a sanitized ``exception`` reply header. Every valid metric it sends is written to
+a per-site ledger file, so the tests can check that each one reached the hub exactly once.
 
 Server side: ``AbortAt`` aborts the run the way the admin ``abort_job`` command does,
 ``HubOutage`` takes the emulated hub down for a while, ``SecureMode`` makes the run look like a
@@ -18,6 +19,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,21 +29,40 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
-from nvflare.apis.shareable import make_reply
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from flip_nvflare.metrics import send_metrics_value
 
-EXCEPTION_TEXT = (
-    "Traceback (most recent call last):\n"
-    '  File "<app>/trainer.py", line 42, in train\n'
-    "    raise ValueError(loss_message)\n"
-    "ValueError: training loss diverged at epoch 1"
-)
+FAILURE_MESSAGE = "training loss diverged at epoch 1"
+
+
+def _ledger(ledger_dir: str, site: str, **record: Any) -> None:
+    Path(ledger_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(ledger_dir) / f"{site}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"site": site, **record}) + "\n")
 
 
 class WidgetTestExecutor(Executor):
+    """Answers the preparation, validation/evaluation and post tasks."""
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        site = fl_ctx.get_identity_name()
+        if task_name in ("init_training", "init_task", "post_validation", "post_task"):
+            return make_reply(ReturnCode.OK)
+        if task_name in ("validate", "evaluate"):
+            weights = from_shareable(shareable).data
+            mean = float(np.mean(next(iter(weights.values()))))
+            return DXO(DataKind.METRICS, data={"accuracy": mean / 10.0, "site_number": int(site[-1])}).to_shareable()
+        return make_reply(ReturnCode.TASK_UNKNOWN)
+
+
+class WidgetTrainer(Executor):
+    """The FLIP trainer of the test app."""
+
     def __init__(
         self,
         ledger_dir: str,
@@ -49,72 +70,48 @@ class WidgetTestExecutor(Executor):
         epoch_sleep: float = 0.0,
         fail_round: int = -1,
         fail_site: str = "",
-        fail_how: str = "header",
         nan_round: int = 0,
     ) -> None:
         super().__init__()
-        self._ledger_dir = Path(ledger_dir)
+        self._ledger_dir = ledger_dir
         self._epochs = epochs
         self._epoch_sleep = epoch_sleep
         self._fail_round = fail_round
         self._fail_site = fail_site
-        self._fail_how = fail_how
         self._nan_round = nan_round
-        self._analytics = None
 
-    def handle_event(self, event_type, fl_ctx):
-        if event_type == EventType.START_RUN:
-            self._analytics = fl_ctx.get_engine().get_component("analytics_sender")
-
-    def _ledger(self, site, **record):
-        self._ledger_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._ledger_dir / f"{site}.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"site": site, **record}) + "\n")
-
-    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name != "train":
+            return make_reply(ReturnCode.TASK_UNKNOWN)
         site = fl_ctx.get_identity_name()
-        if task_name in ("init_training", "init_task", "post_validation", "post_task"):
-            return make_reply(ReturnCode.OK)
-        if task_name == "train":
-            return self._train(site, shareable, fl_ctx, abort_signal)
-        if task_name in ("validate", "evaluate"):
-            weights = from_shareable(shareable).data
-            mean = float(np.mean(next(iter(weights.values()))))
-            return DXO(DataKind.METRICS, data={"accuracy": mean / 10.0, "site_number": int(site[-1])}).to_shareable()
-        return make_reply(ReturnCode.TASK_UNKNOWN)
-
-    def _train(self, site, shareable, fl_ctx, abort_signal):
+        analytics = fl_ctx.get_engine().get_component("analytics_sender")
         rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
         if rnd == self._fail_round and site == self._fail_site:
-            if self._fail_how == "raise":
-                raise RuntimeError("trainer crashed")
-            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            reply.set_header("exception", EXCEPTION_TEXT)
-            return reply
+            raise ValueError(FAILURE_MESSAGE)
         dxo = from_shareable(shareable)
         for epoch in range(self._epochs):
             step = rnd * self._epochs + epoch
             loss = 1.0 / (1.0 + step)
             send_metrics_value("train_loss", loss, fl_ctx, x_value=step, x_label="epoch")
-            self._ledger(site, label="train_loss", value=loss, round=rnd, x_value=step, x_label="epoch")
-            self._analytics.add(tag="val_score@step", value=0.5 + step / 100, data_type=AnalyticsDataType.SCALAR,
-                                global_step=step)
-            self._ledger(site, label="val_score", value=0.5 + step / 100, round=rnd, x_value=step, x_label="step")
+            _ledger(self._ledger_dir, site, label="train_loss", value=loss, round=rnd, x_value=step, x_label="epoch")
+            score = 0.5 + step / 100
+            analytics.add(tag="val_score@step", value=score, data_type=AnalyticsDataType.SCALAR, global_step=step)
+            _ledger(self._ledger_dir, site, label="val_score", value=score, round=rnd, x_value=step, x_label="step")
             if abort_signal.triggered:
                 return make_reply(ReturnCode.TASK_ABORTED)
             time.sleep(self._epoch_sleep)
         loss = 1.0 / (2.0 + rnd)
         send_metrics_value("LOSS_FUNCTION", loss, fl_ctx, round=rnd)
-        self._ledger(site, label="LOSS_FUNCTION", value=loss, round=rnd, x_value=None, x_label=None)
+        _ledger(self._ledger_dir, site, label="LOSS_FUNCTION", value=loss, round=rnd, x_value=None, x_label=None)
         if rnd == self._nan_round:
             send_metrics_value("LOSS_FUNCTION", math.nan, fl_ctx, round=rnd)
         accuracy = 0.6 + rnd / 10
-        self._analytics.add(tag="accuracy", value=accuracy, data_type=AnalyticsDataType.SCALAR, global_step=rnd)
-        self._ledger(site, label="accuracy", value=accuracy, round=rnd, x_value=None, x_label=None)
+        analytics.add(tag="accuracy", value=accuracy, data_type=AnalyticsDataType.SCALAR, global_step=rnd)
+        _ledger(self._ledger_dir, site, label="accuracy", value=accuracy, round=rnd, x_value=None, x_label=None)
         scores = {"dice": 0.7 + rnd / 100, "iou": 0.5 + rnd / 100}
-        self._analytics.add(tag="scores", value=scores, data_type=AnalyticsDataType.SCALARS, global_step=rnd)
+        analytics.add(tag="scores", value=scores, data_type=AnalyticsDataType.SCALARS, global_step=rnd)
         for key, value in scores.items():
-            self._ledger(site, label=f"scores/{key}", value=value, round=rnd, x_value=None, x_label=None)
+            _ledger(self._ledger_dir, site, label=f"scores/{key}", value=value, round=rnd, x_value=None, x_label=None)
         weights = {k: v + 1.0 for k, v in dxo.data.items()}
         return DXO(DataKind.WEIGHTS, data=weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1}).to_shareable()
 
@@ -126,12 +123,12 @@ class AbortAt(FLComponent):
         super().__init__()
         self._round = round
 
-    def handle_event(self, event_type, fl_ctx):
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED and fl_ctx.get_prop(AppConstants.CURRENT_ROUND) == self._round:
             runner = fl_ctx.get_prop(FLContextKey.RUNNER)
             engine = fl_ctx.get_engine()
 
-            def abort():
+            def abort() -> None:
                 time.sleep(0.5)
                 with engine.new_context() as ctx:
                     runner.abort(ctx)
@@ -149,7 +146,7 @@ class HubOutage(FLComponent):
         self._seconds = seconds
         self._mode = mode
 
-    def handle_event(self, event_type, fl_ctx):
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED and fl_ctx.get_prop(AppConstants.CURRENT_ROUND) == self._round:
             body = {"service": "hub", "seconds": self._seconds, "mode": self._mode}
             httpx.post(f"{self._admin_url}/admin/down", json=body, timeout=10).raise_for_status()
@@ -159,6 +156,6 @@ class HubOutage(FLComponent):
 class SecureMode(FLComponent):
     """Makes the run look like a provisioned deployment (list it before the FlipBackend)."""
 
-    def handle_event(self, event_type, fl_ctx):
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
             fl_ctx.set_prop(FLContextKey.SECURE_MODE, True, private=True, sticky=True)

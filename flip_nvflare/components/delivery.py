@@ -1,0 +1,389 @@
+"""HubDelivery: the per-job background sender that carries every hub call of a FLIP job.
+
+Widgets call :meth:`HubDelivery.submit` on NVFlare's event threads; it only appends to a queue
+and returns (microseconds). Background threads deliver the items to the hub through the job's
+backend:
+
+* **Order.** Items leave in submission order. An *ordered* item (a status, a progress event) is a
+  barrier: everything submitted before it is finished first, and nothing submitted after it starts
+  until it is delivered, so statuses reach the hub strictly in order. *Unordered* items (metrics,
+  exception logs) between two barriers go out concurrently over up to ``concurrency`` connections,
+  which is what lets a slow hub keep up with a busy run.
+* **Outages.** A hub that cannot be reached or answers 429/502/503/504 is retried with backoff for
+  as long as the run lasts, so a hub that is down for a while costs nothing. Any other 5xx answer
+  (or an unexpected error) is retried a few times. A refusal (4xx, bad settings) is final: the
+  item is dropped, counted as rejected and logged.
+* **Bounded.** At most ``max_pending`` droppable items (metrics, progress events) wait in the
+  queue. When it is full a new droppable item is dropped and counted (never an older one, which
+  keeps the work O(1) on the event thread); statuses and logs are never dropped.
+* **Draining.** :meth:`close` waits until everything is delivered or the deadline passes, then
+  stops the threads and returns what could not be delivered; the caller logs it.
+
+This module has no NVFlare imports: it works with any :class:`~flip_nvflare.core.base.FLIPBase`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flip_nvflare.core.base import FLIPBase
+from flip_nvflare.core.http import RETRYABLE_STATUS
+from flip_nvflare.errors import FlipError, FlipServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+#: How many rejections are logged in full before further ones are only counted.
+_LOGGED_REJECTIONS = 5
+
+
+@dataclass(frozen=True)
+class HubCall:
+    """One call to make on the backend, queued for delivery.
+
+    Attributes:
+        kind: What it is, for counting and logs: ``status``, ``metric``, ``log``, ``progress``...
+        send: The call itself; it gets the backend and may raise FlipError subclasses.
+        what: Short description for logs. Must never hold patient data or keys.
+        ordered: A barrier: delivered alone, after everything before it (statuses).
+        droppable: May be dropped when the queue is full (metrics, progress events).
+    """
+
+    kind: str
+    send: Callable[[FLIPBase], object]
+    what: str
+    ordered: bool = False
+    droppable: bool = False
+
+
+@dataclass(frozen=True)
+class DeliveryRetry:
+    """How HubDelivery retries a call that failed.
+
+    Attributes:
+        initial_delay: Seconds before the first retry; doubles on each further retry.
+        max_delay: Cap on one delay, in seconds.
+        max_error_attempts: Attempts for a call that keeps getting an error answer other than an
+            outage (e.g. HTTP 500) or an unexpected exception. Outages are retried until closing.
+        jitter: Fraction of each delay that is randomised (0 to 1).
+    """
+
+    initial_delay: float = 0.5
+    max_delay: float = 10.0
+    max_error_attempts: int = 5
+    jitter: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
+            raise ValueError("DeliveryRetry needs 0 <= initial_delay <= max_delay")
+        if self.max_error_attempts < 1:
+            raise ValueError("DeliveryRetry.max_error_attempts must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("DeliveryRetry.jitter must be between 0 and 1")
+
+    def delay(self, retry_number: int) -> float:
+        """Seconds to wait before retry number ``retry_number`` (1-based)."""
+        base = min(self.max_delay, self.initial_delay * (2 ** min(retry_number - 1, 30)))
+        return base * (1.0 - self.jitter * random.random())
+
+
+@dataclass
+class DeliveryReport:
+    """Counts of what happened to the submitted calls, per kind.
+
+    Attributes:
+        submitted: Calls accepted into the queue.
+        delivered: Calls the hub accepted.
+        rejected: Calls the hub (or the backend's checks) refused for good.
+        dropped: Droppable calls not queued because the queue was full.
+        undelivered: Calls still pending or in flight when delivery stopped.
+    """
+
+    submitted: Counter[str] = field(default_factory=Counter)
+    delivered: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    undelivered: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """The counts as plain dicts (for a JSON run summary)."""
+        return {
+            name: dict(getattr(self, name)) for name in ("submitted", "delivered", "rejected", "dropped", "undelivered")
+        }
+
+    def copy(self) -> DeliveryReport:
+        """A snapshot that later changes do not affect."""
+        return DeliveryReport(
+            Counter(self.submitted),
+            Counter(self.delivered),
+            Counter(self.rejected),
+            Counter(self.dropped),
+            Counter(self.undelivered),
+        )
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, FlipServiceUnavailable) and (exc.status_code is None or exc.status_code in RETRYABLE_STATUS)
+
+
+def _is_final(exc: BaseException) -> bool:
+    return isinstance(exc, FlipError) and not isinstance(exc, FlipServiceUnavailable)
+
+
+class HubDelivery:
+    """Delivers hub calls in the background: ordered, concurrent where allowed, retried, bounded.
+
+    Args:
+        backend: The job's FLIP backend; its methods are called from the delivery threads.
+        concurrency: Unordered calls (metrics, logs) in flight at once.
+        max_pending: Droppable calls allowed to wait in the queue.
+        retry: Retry policy across failures.
+        name: Name used in thread names and logs (e.g. the model id).
+    """
+
+    def __init__(
+        self,
+        backend: FLIPBase,
+        *,
+        concurrency: int = 8,
+        max_pending: int = 50_000,
+        retry: DeliveryRetry | None = None,
+        name: str = "flip",
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._backend = backend
+        self._concurrency = concurrency
+        self._max_pending = max_pending
+        self._retry = retry or DeliveryRetry()
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: deque[HubCall] = deque()
+        self._pending_droppable = 0
+        self._unfinished = 0  # submitted and not yet delivered, rejected or abandoned
+        self._in_flight = 0  # unordered calls handed to workers and not finished
+        self._work: deque[HubCall] = deque()  # unordered calls waiting for a worker
+        self._report = DeliveryReport()
+        self._rejections_logged = 0
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ event-thread side
+
+    def submit(self, call: HubCall) -> bool:
+        """Queue ``call`` for delivery and return at once.
+
+        Returns:
+            False if it was dropped (queue full, or delivery already closed), else True.
+        """
+        with self._cond:
+            if self._closed:
+                self._report.undelivered[call.kind] += 1
+                late = True
+            else:
+                late = False
+                if call.droppable and self._pending_droppable >= self._max_pending:
+                    self._report.dropped[call.kind] += 1
+                    dropped_total = sum(self._report.dropped.values())
+                    if dropped_total == 1 or dropped_total % 1000 == 0:
+                        logger.warning(
+                            "FLIP hub delivery queue is full (%d waiting): %d metric/progress call(s) dropped so far.",
+                            self._max_pending,
+                            dropped_total,
+                        )
+                    return False
+                self._queue.append(call)
+                self._report.submitted[call.kind] += 1
+                self._unfinished += 1
+                if call.droppable:
+                    self._pending_droppable += 1
+                if not self._threads:
+                    self._start_threads()
+                self._cond.notify_all()
+        if late:
+            logger.warning("FLIP hub delivery is closed: %s was not sent.", call.what)
+            return False
+        return True
+
+    def report(self) -> DeliveryReport:
+        """A snapshot of the counts so far."""
+        with self._cond:
+            return self._report.copy()
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted and not yet finished."""
+        with self._cond:
+            return self._unfinished
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every submitted call is finished; False if ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unfinished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def close(self, timeout: float) -> DeliveryReport:
+        """Stop accepting calls, deliver what is queued within ``timeout`` seconds, stop the threads.
+
+        Calls still pending at the deadline are counted as undelivered. Safe to call twice.
+
+        Returns:
+            The final counts.
+        """
+        with self._cond:
+            already_closed = self._closed
+            self._closed = True
+        if not already_closed:
+            self.wait_idle(timeout)
+        with self._cond:
+            if not self._stop.is_set():
+                self._stop.set()
+                abandoned = list(self._queue) + list(self._work)
+                self._queue.clear()
+                self._work.clear()
+                for call in abandoned:
+                    self._finish(call, "undelivered")
+                self._cond.notify_all()
+            snapshot = self._report.copy()
+            if self._unfinished:
+                # calls in an HTTP request right now: they finish in their own thread, maybe too late
+                snapshot.undelivered["in flight"] += self._unfinished
+            return snapshot
+
+    # ------------------------------------------------------------------ delivery threads
+
+    def _start_threads(self) -> None:
+        dispatcher = threading.Thread(target=self._dispatch, name=f"flip-hub-dispatch-{self._name}", daemon=True)
+        self._threads.append(dispatcher)
+        for n in range(self._concurrency):
+            worker = threading.Thread(target=self._work_loop, name=f"flip-hub-send-{self._name}-{n}", daemon=True)
+            self._threads.append(worker)
+        for thread in self._threads:
+            thread.start()
+
+    def _dispatch(self) -> None:
+        """Take calls in order; run barriers alone, hand the rest to the workers."""
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set():
+                    return
+                call = self._queue.popleft()
+                if call.droppable:
+                    self._pending_droppable -= 1
+                if call.ordered:
+                    while self._in_flight and not self._stop.is_set():
+                        self._cond.wait()
+                else:
+                    while self._in_flight >= self._concurrency and not self._stop.is_set():
+                        self._cond.wait()
+                if self._stop.is_set():
+                    self._finish(call, "undelivered")
+                    return
+                if not call.ordered:
+                    self._in_flight += 1
+                    self._work.append(call)
+                    self._cond.notify_all()
+                    continue
+            self._deliver(call)
+
+    def _work_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._work and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set():
+                    return
+                call = self._work.popleft()
+            try:
+                self._deliver(call)
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    self._cond.notify_all()
+
+    def _deliver(self, call: HubCall) -> None:
+        """Make the call, retrying as the policy says; record how it ended."""
+        attempt = 0
+        error_attempts = 0
+        while True:
+            attempt += 1
+            try:
+                call.send(self._backend)
+            except Exception as exc:  # every failure is classified; none may kill the thread
+                if _is_final(exc):
+                    self._reject(call, exc)
+                    return
+                if not _is_outage(exc):
+                    error_attempts += 1
+                    if error_attempts >= self._retry.max_error_attempts:
+                        self._reject(call, exc)
+                        return
+                delay = self._retry.delay(attempt)
+                logger.info(
+                    "FLIP hub delivery of %s failed (%s); retry %d in %.1f s.",
+                    call.what,
+                    _describe(exc),
+                    attempt,
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    with self._cond:
+                        self._finish(call, "undelivered")
+                    return
+                continue
+            with self._cond:
+                self._finish(call, "delivered")
+            return
+
+    def _reject(self, call: HubCall, exc: BaseException) -> None:
+        with self._cond:
+            self._finish(call, "rejected")
+            self._rejections_logged += 1
+            log_it = self._rejections_logged <= _LOGGED_REJECTIONS
+        if log_it:
+            logger.error("FLIP hub refused %s; it will not be retried: %s", call.what, _describe(exc))
+            if self._rejections_logged == _LOGGED_REJECTIONS:
+                logger.error("Further refused hub calls are counted but not logged one by one.")
+
+    def _finish(self, call: HubCall, outcome: str) -> None:
+        """Record the end of a call (lock held)."""
+        counter: Counter[str] = getattr(self._report, outcome)
+        counter[call.kind] += 1
+        self._unfinished -= 1
+        self._cond.notify_all()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, FlipError) else type(exc).__name__
+    return text[:300]
+
+
+def summarise(report: DeliveryReport) -> str:
+    """One log line describing a delivery report."""
+    parts = [f"{report.delivered.total()}/{report.submitted.total()} delivered"]
+    if report.rejected.total():
+        parts.append(f"{report.rejected.total()} refused by the hub ({_by_kind(report.rejected)})")
+    if report.dropped.total():
+        parts.append(f"{report.dropped.total()} dropped because the queue was full ({_by_kind(report.dropped)})")
+    if report.undelivered.total():
+        parts.append(f"{report.undelivered.total()} NOT delivered ({_by_kind(report.undelivered)})")
+    return "; ".join(parts)
+
+
+def _by_kind(counter: Counter[str]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counter.items()))

@@ -1,0 +1,223 @@
+"""ResultsUploader: at the end of a run, gathers the results, uploads them, then tidies up.
+
+At END_RUN of a run that completed, the uploader:
+
+1. copies the files matching ``include`` (by default the final and best global models the
+   persistors saved: ``app_server/*.pt``, ``app_server/*.pth``, ``models/*``) into the run's
+   results folder (``<run folder>/flip_results``), next to the validation / evaluation JSON the
+   generators keep there;
+2. writes ``run_summary.json`` there: statuses, metric counts, hub delivery counts, per-client
+   errors, trust names, rounds aggregated, the files included;
+3. uploads the folder through the job's backend (prod: a zip in S3 under
+   ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip``; dev: the same zip in the dev output folder);
+4. on success deletes the results folder and ``remove_after_upload`` (by default the files it
+   gathered and the ``cross_site_val`` folder, which holds the models exchanged for cross-site
+   validation) and fires FlipEvents.RESULTS_UPLOADED; on failure deletes nothing, logs where the
+   results are and fires FlipEvents.RESULTS_UPLOAD_FAILED. The StatusReporter turns these events
+   into the final status.
+
+A run that was aborted or failed is not uploaded: its results folder (with the summary) is kept
+and the log says where. The upload runs at END_RUN, when training is over; hub calls still go
+through the background delivery, which drains after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_event_type import AppEventType
+
+from flip_nvflare.components.result_json import (
+    DEFAULT_RESULTS_DIR,
+    check_plain_name,
+    results_folder,
+    to_jsonable,
+    write_json_atomically,
+)
+from flip_nvflare.components.session import HubSession, RunOutcome
+from flip_nvflare.components.widget import HubWidget, run_outcome
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents
+from flip_nvflare.errors import FlipConfigError
+
+DEFAULT_INCLUDE = ("app_server/*.pt", "app_server/*.pth", "models/*")
+DEFAULT_REMOVE_AFTER_UPLOAD = ("cross_site_val",)
+SUMMARY_FILE = "run_summary.json"
+#: FLContext property set while FlipEvents.RESULTS_UPLOADED fires: where the results went.
+RESULTS_LOCATION_PROP = "_flip_results_location"
+#: FLContext property set while FlipEvents.RESULTS_UPLOADED / RESULTS_UPLOAD_FAILED fire: the
+#: ``flip_id`` of the uploader, so a job with several FlipBackends reports each upload once.
+RESULTS_FLIP_ID_PROP = "_flip_results_flip_id"
+
+
+def _check_patterns(name: str, patterns: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
+    values = tuple(default if patterns is None else patterns)
+    for pattern in values:
+        if not isinstance(pattern, str) or not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise FlipConfigError(
+                f"ResultsUploader {name} must list paths or glob patterns relative to the job's run folder "
+                f"(no absolute paths, no '..'), got {pattern!r}."
+            )
+    return values
+
+
+def _inside(path: Path, root: Path) -> bool:
+    resolved, resolved_root = path.resolve(), root.resolve()
+    return resolved != resolved_root and resolved.is_relative_to(resolved_root)
+
+
+def _search_roots(fl_ctx: FLContext, run_dir: Path) -> list[Path]:
+    """The run folder, and the workspace's result root for this job when that is elsewhere."""
+    result_root = Path(fl_ctx.get_engine().get_workspace().get_result_root(fl_ctx.get_job_id()))
+    return [run_dir] if result_root.resolve() == run_dir.resolve() else [run_dir, result_root]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class ResultsUploader(HubWidget):
+    """Gathers a run's results into its results folder, uploads them, then removes the job's copies.
+
+    Args:
+        flip_id: Id of the FlipBackend component.
+        results_dir: Results folder name inside the run folder (shared with the JSON generators).
+        include: Files to add to the results, as glob patterns relative to the run folder (also
+            tried relative to the workspace's result root when that differs).
+        remove_after_upload: Files or folders (glob patterns relative to the run folder) deleted
+            after a successful upload, besides the results folder. Default: the files gathered
+            into the results and the ``cross_site_val`` folder; ``[]`` keeps everything else.
+    """
+
+    def __init__(
+        self,
+        flip_id: str = DEFAULT_FLIP_ID,
+        results_dir: str = DEFAULT_RESULTS_DIR,
+        include: Sequence[str] | None = None,
+        remove_after_upload: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(flip_id)
+        self._results_dir = check_plain_name(results_dir, "results_dir")
+        self._include = _check_patterns("include", include, DEFAULT_INCLUDE)
+        self._remove_after: tuple[str, ...] | None = None
+        if remove_after_upload is not None:
+            self._remove_after = _check_patterns("remove_after_upload", remove_after_upload, ())
+        self._rounds_aggregated = 0
+
+    def on_event(self, event_type: str, fl_ctx: FLContext, session: HubSession) -> None:
+        """Register for the upload at START_RUN, count rounds, upload at END_RUN."""
+        if event_type == EventType.START_RUN:
+            session.results_upload_expected = True
+            self._rounds_aggregated = 0
+        elif event_type == AppEventType.AFTER_AGGREGATION:
+            self._rounds_aggregated += 1
+        elif event_type == EventType.END_RUN:
+            self._end_run(fl_ctx, session)
+
+    def _end_run(self, fl_ctx: FLContext, session: HubSession) -> None:
+        outcome = run_outcome(fl_ctx, session)
+        folder = results_folder(fl_ctx, self._results_dir)
+        run_dir = folder.parent
+        roots = _search_roots(fl_ctx, run_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            gathered = self._gather(fl_ctx, roots, folder)
+            self._write_summary(fl_ctx, session, folder, outcome, gathered)
+        except Exception as exc:
+            self.log_exception(fl_ctx, f"Gathering the results in {folder} failed: {type(exc).__name__}: {exc}")
+            if outcome is RunOutcome.COMPLETED:
+                self._announce(fl_ctx, FlipEvents.RESULTS_UPLOAD_FAILED, None)
+            return
+        if outcome is not RunOutcome.COMPLETED:
+            self.log_warning(
+                fl_ctx,
+                f"The run {outcome.value}: its results are not uploaded; they are kept in {folder}.",
+                fire_event=False,
+            )
+            return
+        try:
+            location = session.backend.upload_results_to_s3(folder, session.model_id)
+        except Exception as exc:
+            self.log_error(
+                fl_ctx,
+                f"Uploading the results failed ({type(exc).__name__}: {exc}). Nothing was deleted: the results "
+                f"are in {folder} and the original files in {run_dir}.",
+                fire_event=False,
+            )
+            self._announce(fl_ctx, FlipEvents.RESULTS_UPLOAD_FAILED, None)
+            return
+        self.log_info(fl_ctx, f"Results uploaded to {location}.")
+        self._clean_up(fl_ctx, roots, folder, gathered)
+        self._announce(fl_ctx, FlipEvents.RESULTS_UPLOADED, location)
+
+    def _gather(self, fl_ctx: FLContext, roots: list[Path], folder: Path) -> list[Path]:
+        """Copy the included files into the results folder (flat); return the originals copied."""
+        gathered: list[Path] = []
+        seen: set[Path] = set()
+        for root in roots:
+            for pattern in self._include:
+                for source in sorted(root.glob(pattern)):
+                    if not source.is_file() or source.resolve() in seen or _inside(source, folder):
+                        continue
+                    seen.add(source.resolve())
+                    target = folder / source.name
+                    if target.exists():
+                        self.log_warning(
+                            fl_ctx, f"{source} not added to the results: a file named {source.name} is there.", False
+                        )
+                        continue
+                    shutil.copy2(source, target)
+                    gathered.append(source)
+        if not gathered:
+            self.log_warning(
+                fl_ctx,
+                f"No model file matched {list(self._include)} in {roots[0]}: the results hold no model "
+                "(set ResultsUploader include= to where the persistor saves it).",
+                fire_event=False,
+            )
+        return gathered
+
+    def _write_summary(
+        self, fl_ctx: FLContext, session: HubSession, folder: Path, outcome: RunOutcome, gathered: list[Path]
+    ) -> None:
+        summary = session.summary()
+        files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != SUMMARY_FILE)
+        summary.update(
+            {
+                "job_id": fl_ctx.get_job_id(),
+                "outcome": outcome.value,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "rounds_aggregated": self._rounds_aggregated,
+                "files": [*files, SUMMARY_FILE],
+                "gathered_from": [str(p) for p in gathered],
+            }
+        )
+        write_json_atomically(folder / SUMMARY_FILE, to_jsonable(summary))
+
+    def _clean_up(self, fl_ctx: FLContext, roots: list[Path], folder: Path, gathered: list[Path]) -> None:
+        targets = [folder]
+        if self._remove_after is None:
+            targets += gathered
+            targets += [roots[0] / p for p in DEFAULT_REMOVE_AFTER_UPLOAD]
+        else:
+            targets += [match for root in roots for p in self._remove_after for match in sorted(root.glob(p))]
+        for target in targets:
+            if not any(_inside(target, root) for root in roots):
+                self.log_warning(fl_ctx, f"Not removing {target}: it is outside the job's folders.", False)
+                continue
+            try:
+                _remove(target)
+            except OSError as exc:
+                self.log_warning(fl_ctx, f"Could not remove {target} after the upload: {exc}", False)
+
+    def _announce(self, fl_ctx: FLContext, event_type: str, location: str | None) -> None:
+        fl_ctx.set_prop(RESULTS_LOCATION_PROP, location, private=True, sticky=False)
+        fl_ctx.set_prop(RESULTS_FLIP_ID_PROP, self.flip_id, private=True, sticky=False)
+        self.fire_event(event_type, fl_ctx)

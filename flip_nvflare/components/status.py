@@ -1,0 +1,156 @@
+"""StatusReporter: tells the hub where the model's run is in its lifecycle.
+
+The lifecycle, each status at most once and in this order::
+
+    INITIATED -> PREPARED -> TRAINING_STARTED (RUNNING on H2 hubs) -> one final status
+
+Progress statuses are triggered by NVFlare and FLIP events (configurable). Reaching one sends any
+earlier one not sent yet (FedAvg, for example, starts training before it reports the initial
+model), and a status never goes backwards. Exactly one final status is sent:
+
+* ``RESULTS_UPLOADED`` / ``RESULTS_UPLOAD_FAILED`` (ERROR on H1 hubs): when the ResultsUploader
+  reports the end of its upload (FlipEvents.RESULTS_UPLOADED / RESULTS_UPLOAD_FAILED);
+* ``ERROR``: at once on FATAL_SYSTEM_ERROR (including a client failure that ends the run) or
+  FlipEvents.PREPARATION_FAILED, so it is queued even if the run dies before END_RUN;
+* ``STOPPED``: the run was aborted (its abort signal fired without a fatal error).
+
+If the job has no ResultsUploader, a run that completes reports ``completed_status`` at END_RUN.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_event_type import AppEventType
+
+from flip_nvflare.components.results import RESULTS_FLIP_ID_PROP
+from flip_nvflare.components.session import HubSession, RunOutcome
+from flip_nvflare.components.widget import HubWidget, run_outcome
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, ModelStatus
+from flip_nvflare.core.base import as_model_status
+from flip_nvflare.errors import FlipConfigError, FlipError
+
+#: Non-final statuses, in lifecycle order.
+LIFECYCLE = (ModelStatus.INITIATED, ModelStatus.PREPARED, ModelStatus.TRAINING_STARTED)
+
+#: Events that move the lifecycle forward, by default.
+DEFAULT_STATUS_EVENTS: dict[ModelStatus, tuple[str, ...]] = {
+    ModelStatus.INITIATED: (EventType.START_RUN, FlipEvents.TRAINING_INITIATED),
+    ModelStatus.PREPARED: (FlipEvents.PREPARATION_DONE, AppEventType.INITIAL_MODEL_LOADED),
+    ModelStatus.TRAINING_STARTED: (
+        AppEventType.TRAINING_STARTED,
+        AppEventType.ROUND_STARTED,
+        AppEventType.CROSS_VAL_INIT,
+        AppEventType.SEND_MODEL_FOR_VALIDATION,
+    ),
+}
+
+_ERROR_EVENTS = (EventType.FATAL_SYSTEM_ERROR, FlipEvents.PREPARATION_FAILED)
+_END_EVENTS = (EventType.END_WORKFLOW, EventType.ABOUT_TO_END_RUN, EventType.END_RUN)
+_UPLOAD_EVENTS = {
+    FlipEvents.RESULTS_UPLOADED: ModelStatus.RESULTS_UPLOADED,
+    FlipEvents.RESULTS_UPLOAD_FAILED: ModelStatus.RESULTS_UPLOAD_FAILED,
+}
+
+
+def _status_events(overrides: Mapping[str, Sequence[str]] | None) -> dict[str, ModelStatus]:
+    table = dict(DEFAULT_STATUS_EVENTS)
+    for name, events in (overrides or {}).items():
+        try:
+            status = as_model_status(name)
+        except FlipError:
+            status = None
+        if status not in LIFECYCLE:
+            raise FlipConfigError(
+                f"StatusReporter status_events: {name!r} is not one of INITIATED, PREPARED, TRAINING_STARTED."
+            )
+        if isinstance(events, str) or not all(isinstance(e, str) and e for e in events):
+            raise FlipConfigError(f"StatusReporter status_events[{name!r}] must be a list of event names.")
+        table[status] = tuple(events)
+    by_event: dict[str, ModelStatus] = {}
+    for status in LIFECYCLE:
+        for event in table[status]:
+            by_event.setdefault(event, status)
+    return by_event
+
+
+class StatusReporter(HubWidget):
+    """Reports the model's lifecycle statuses to the hub (through the ordered background delivery).
+
+    Args:
+        flip_id: Id of the FlipBackend component.
+        status_events: Optional overrides of which events trigger INITIATED, PREPARED and
+            TRAINING_STARTED, e.g. ``{"PREPARED": ["_flip_preparation_done"]}``.
+        completed_status: Final status of a completed run in a job without a ResultsUploader.
+    """
+
+    def __init__(
+        self,
+        flip_id: str = DEFAULT_FLIP_ID,
+        status_events: Mapping[str, Sequence[str]] | None = None,
+        completed_status: str = ModelStatus.RESULTS_UPLOADED.value,
+    ) -> None:
+        super().__init__(flip_id)
+        self._by_event = _status_events(status_events)
+        try:
+            self._completed_status = as_model_status(completed_status)
+        except FlipError as exc:
+            raise FlipConfigError(f"StatusReporter completed_status: {exc}") from None
+        if not self._completed_status.is_final:
+            raise FlipConfigError("StatusReporter completed_status must be a final status (e.g. RESULTS_UPLOADED).")
+        self._lock = threading.Lock()
+        self._reached = -1  # index in LIFECYCLE of the last status sent
+        self._final: ModelStatus | None = None
+
+    @property
+    def final_status(self) -> ModelStatus | None:
+        """The final status sent in this run, if any."""
+        with self._lock:
+            return self._final
+
+    def on_event(self, event_type: str, fl_ctx: FLContext, session: HubSession) -> None:
+        """Translate events into statuses."""
+        if event_type == EventType.START_RUN:
+            with self._lock:
+                self._reached = -1
+                self._final = None
+        if event_type in _ERROR_EVENTS:
+            self._finish(session, ModelStatus.ERROR, fl_ctx, f"event {event_type}")
+        elif event_type in _UPLOAD_EVENTS:
+            if fl_ctx.get_prop(RESULTS_FLIP_ID_PROP, None) in (None, self.flip_id):  # not another backend's upload
+                self._finish(session, _UPLOAD_EVENTS[event_type], fl_ctx, f"event {event_type}")
+        elif event_type in self._by_event:
+            self._advance(session, self._by_event[event_type], fl_ctx)
+        if event_type in _END_EVENTS:
+            self._check_end(event_type, fl_ctx, session)
+
+    def _advance(self, session: HubSession, status: ModelStatus, fl_ctx: FLContext) -> None:
+        target = LIFECYCLE.index(status)
+        with self._lock:
+            if self._final is not None or target <= self._reached:
+                return
+            to_send = LIFECYCLE[self._reached + 1 : target + 1]
+            self._reached = target
+            for item in to_send:
+                session.report_status(item)
+        self.log_info(fl_ctx, f"FLIP status {', '.join(s.value for s in to_send)} queued for the hub.")
+
+    def _finish(self, session: HubSession, status: ModelStatus, fl_ctx: FLContext, why: str) -> None:
+        with self._lock:
+            if self._final is not None:
+                return
+            self._final = status
+            session.report_status(status)
+        self.log_info(fl_ctx, f"FLIP final status {status.value} queued for the hub ({why}).")
+
+    def _check_end(self, event_type: str, fl_ctx: FLContext, session: HubSession) -> None:
+        outcome = run_outcome(fl_ctx, session)
+        if outcome is RunOutcome.FAILED:
+            self._finish(session, ModelStatus.ERROR, fl_ctx, f"run failed: {session.journal.failure or 'fatal error'}")
+        elif outcome is RunOutcome.ABORTED:
+            self._finish(session, ModelStatus.STOPPED, fl_ctx, "run aborted")
+        elif event_type == EventType.END_RUN and not session.results_upload_expected:
+            self._finish(session, self._completed_status, fl_ctx, "run completed; this job has no ResultsUploader")

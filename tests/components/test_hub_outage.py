@@ -1,0 +1,100 @@
+"""The hub (an H1 hub here) goes down for 30 s in the middle of a run, and the S3 upload fails:
+every metric and status still reaches the hub, in order, and the results stay on the server."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from flip_nvflare.emulator.testing import EmulatorHandle, start_emulator
+from tests.components.simjobs import (
+    FlipSide,
+    PlanContext,
+    PlannedRun,
+    RunPool,
+    RunResult,
+    WidgetJob,
+    metric_key,
+    planned_run,
+)
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE_SECONDS = 30.0
+
+
+@dataclass
+class OutageRun:
+    result: RunResult
+    hub: EmulatorHandle
+    model_id: str
+    side: FlipSide
+
+
+@planned_run("outage", seconds=65)
+def plan(ctx: PlanContext) -> PlannedRun:
+    hub = ctx.keep(start_emulator(ctx.tmp("outage-emulator"), hub_api="h1"))
+    root = ctx.tmp("outage-run")
+    model = hub.register_model(trusts=("Trust_1", "Trust_2"))
+    side = FlipSide("flip", "prod")
+    outage = {
+        "id": "hub_outage",
+        "path": "flip_widgets_app.HubOutage",
+        "args": {"admin_url": hub.trust_url, "round": 1, "seconds": OUTAGE_SECONDS, "mode": "refuse"},
+    }
+    job = WidgetJob(
+        root=root,
+        model_id=model.model_id,
+        sides=[side],
+        rounds=7,
+        trainer_args={"epochs": 2, "epoch_sleep": 2.5},
+        server_extras=[outage],
+    )
+    env = hub.env(UPLOADED_FEDERATED_DATA_BUCKET="s3://no-such-results-bucket")
+    return PlannedRun(job, dict(env), {"hub": hub, "model_id": model.model_id, "side": side})
+
+
+@pytest.fixture(scope="module")
+def run(widget_runs: RunPool) -> OutageRun:
+    planned, result = widget_runs.result("outage")
+    return OutageRun(result=result, **planned.data)
+
+
+def test_the_hub_was_down_in_the_middle_of_the_run(run: OutageRun) -> None:
+    assert run.result.return_code == 0, run.result.server_log()[-3000:]
+    records = run.hub.records(run.model_id)
+    times = sorted([s.received_at for s in records.statuses] + [m.received_at for m in records.metrics])
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) >= OUTAGE_SECONDS - 5
+    sent_rounds = {m["round"] for m in run.result.client_metrics()}
+    assert {1, 2, 3, 4, 5} <= sent_rounds  # clients kept training (and sending) while the hub was down
+
+
+def test_every_status_arrives_in_order_h1_names(run: OutageRun) -> None:
+    # the upload failed: on an H1 hub the upload-failure status is ERROR
+    assert run.hub.records(run.model_id).status_names() == ["INITIATED", "PREPARED", "TRAINING_STARTED", "ERROR"]
+
+
+def test_every_metric_arrives_exactly_once(run: OutageRun) -> None:
+    sent = Counter(metric_key(m) for m in run.result.client_metrics())
+    metrics = run.hub.records(run.model_id).metrics
+    assert {m.trust for m in metrics} == {"Trust_1", "Trust_2"}  # H1 knows trusts only
+    as_sites = [{**m.__dict__, "site": str(m.trust).replace("Trust_", "site-"), "x_value": None} for m in metrics]
+    # H1 plots against the round: no x-axis is sent
+    expected = Counter((*key[:4], None, None) for key in sent)
+    assert Counter(metric_key(m) for m in as_sites) == expected
+    assert run.hub.records(run.model_id).logs == []  # H1 has no typed progress events
+    assert " NOT delivered" not in run.result.server_log()
+
+
+def test_failed_upload_keeps_every_file_and_says_where(run: OutageRun) -> None:
+    assert run.hub.results(run.model_id) == []
+    folder = run.result.results_folder(run.side)
+    assert {p.name for p in folder.iterdir()} == {"server.npy", "cross_val_results.json", "run_summary.json"}
+    run_dir = run.result.job.server_run_dir
+    assert (run_dir / "models" / "server.npy").is_file() and (run_dir / "cross_site_val").is_dir()
+    log = run.result.server_log()
+    assert "Uploading the results failed" in log and str(folder) in log

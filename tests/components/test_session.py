@@ -1,0 +1,109 @@
+"""HubSession: trust names, the run journal, holders, draining at the last release and at exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flip_nvflare.components.session import HubSession, RunJournal, SessionSettings, TrustNames
+from flip_nvflare.constants import HubApi, ModelStatus
+from flip_nvflare.errors import FlipConfigError
+from tests.components.fakes import RecordingHub
+
+MODEL_ID = str(uuid.uuid4())
+
+
+def test_trust_names_rule_and_overrides() -> None:
+    names = TrustNames({"hospital-a": "Trust_7", "site-3": "Trust_9"})
+    assert names("site-1") == "Trust_1"
+    assert names("site-12") == "Trust_12"
+    assert names("Trust_4") == "Trust_4"
+    assert names("hospital-a") == "Trust_7" and names("site-3") == "Trust_9"
+    assert names("other") == "other" and names("site-x") == "site-x"
+    assert names.as_dict(["site-2", "site-1", "site-2"]) == {"site-1": "Trust_1", "site-2": "Trust_2"}
+    with pytest.raises(FlipConfigError, match="trust_names must map"):
+        TrustNames({"site-1": 3})  # type: ignore[dict-item]
+
+
+def test_run_journal_summary() -> None:
+    journal = RunJournal()
+    journal.status_reported(ModelStatus.INITIATED)
+    journal.metric_forwarded("site-1", "loss")
+    journal.metric_forwarded("site-1", "loss")
+    journal.metric_forwarded("site-2", "acc")
+    journal.metric_dropped("non_finite")
+    journal.client_error("site-2", "train", 3, "EXECUTION_EXCEPTION")
+    journal.mark_failed("first reason")
+    journal.mark_failed("second reason")
+    summary = journal.summary()
+    assert [s["status"] for s in summary["statuses"]] == ["INITIATED"]
+    assert summary["metrics"] == {
+        "forwarded": 3,
+        "dropped": {"non_finite": 1},
+        "by_client": {"site-1": {"loss": 2}, "site-2": {"acc": 1}},
+    }
+    assert summary["client_errors"]["site-2"][0]["return_code"] == "EXECUTION_EXCEPTION"
+    assert summary["failure"] == "first reason" and summary["clients"] == ["site-1", "site-2"]
+    json.dumps(summary)
+
+
+def test_the_last_holder_drains_and_closes_whatever_the_order() -> None:
+    hub = RecordingHub(latency=0.01)
+    session = HubSession(
+        hub,
+        model_id=MODEL_ID,
+        trust_names=TrustNames({"site-9": "Trust_Nine"}),
+        hub_api=HubApi.H2,
+        settings=SessionSettings(concurrency=2),
+        flip_mode="prod",
+    )
+    for holder in ("backend", "status", "metrics"):
+        session.hold(holder)
+    session.report_status(ModelStatus.INITIATED)
+    session.send_metric("site-9", "loss", 0.5, 2, x_value=20.0, x_label="epoch")
+    session.send_client_log("site-9", "Traceback...")
+    session.send_progress("ROUND_STARTED", 3, {"total_rounds": 5})
+    assert session.release("status") is None and session.release("backend") is None
+    assert not hub.closed and not session.closed
+    report = session.release("metrics")
+    assert report is not None and report.delivered == {"status": 1, "metric": 1, "log": 1, "progress": 1}
+    assert hub.closed and session.closed
+    calls = {c[0]: c[1] for c in hub.calls}
+    assert calls["metric"] == (
+        "loss",
+        0.5,
+        "site-9",
+        2,
+        {"x_value": 20.0, "x_label": "epoch", "trust_name": "Trust_Nine"},
+    )
+    assert calls["log"] == ("Traceback...", "site-9", {"trust_name": "Trust_Nine"})
+    assert calls["progress"] == ("ROUND_STARTED", 3, {"total_rounds": 5}, None)
+    summary = session.summary()
+    assert summary["hub_api"] == "h2" and summary["trusts"] == {"site-9": "Trust_Nine"}
+    assert summary["hub_delivery"]["delivered"]["metric"] == 1 and summary["hub_delivery"]["pending"] == 0
+
+
+def test_queued_calls_are_delivered_when_the_process_exits_before_the_run_ends(tmp_path: Path) -> None:
+    probe = textwrap.dedent(
+        f"""
+        from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
+        from flip_nvflare.constants import ModelStatus
+        from flip_nvflare.core.standard import FLIPStandardDev
+
+        session = HubSession(FLIPStandardDev(output_dir={str(tmp_path)!r}), model_id={MODEL_ID!r},
+                             trust_names=TrustNames(), hub_api=None, settings=SessionSettings(), flip_mode="dev")
+        session.hold("status")
+        session.report_status(ModelStatus.ERROR)  # e.g. queued on a fatal error; the process then exits
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    ledger = [json.loads(line) for line in (tmp_path / "status.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in ledger] == ["ERROR"]
+    assert "exiting before the run ended" in done.stderr
