@@ -51,6 +51,7 @@ class SettingsPatch(BaseModel):
     threshold: int | None = Field(default=None, ge=1)
     download_concurrency: int | None = Field(default=None, ge=0)
     download_latency: float | None = Field(default=None, ge=0, le=3600)
+    path_prefix: str | None = Field(default=None, pattern=r"^(/[A-Za-z0-9._~-]+)*$")
 
 
 class ResetRequest(BaseModel):
@@ -180,6 +181,7 @@ def admin_router(emulator: Emulator) -> APIRouter:
             if body.download_concurrency is None
             else body.download_concurrency,
             download_latency=current.download_latency if body.download_latency is None else body.download_latency,
+            path_prefix=current.path_prefix if body.path_prefix is None else body.path_prefix,
         )
         return emulator.settings.as_dict()
 

@@ -81,10 +81,23 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        route = route_of(self.service, method, path)
+        prefix = self.emulator.settings.path_prefix
+        unprefixed = path
+        if prefix and not (path.startswith("/admin") or path == "/health"):
+            if path.startswith(prefix + "/"):
+                unprefixed = path[len(prefix) :]
+                scope = dict(scope, path=unprefixed, raw_path=unprefixed.encode())
+            else:
+                unprefixed = ""  # a request that skipped the prefix: not routed, as behind an ingress
+        route = route_of(self.service, method, unprefixed or path)
         if route is None:
             await self.app(scope, receive, send)
             return
+        if not unprefixed:
+            route = f"{self.service}.other"
+        key_headers = ",".join(
+            sorted({name.decode("latin-1") for name, _ in scope.get("headers", []) if b"key" in name.lower()})
+        )
         started = time.time()
         status = [500]
 
@@ -99,6 +112,9 @@ class ServiceMiddleware:
             if window is not None and window.mode == "503":
                 await _send_json(recording_send, 503, {"detail": "Service unavailable (emulated down window)."}, [])
                 decision = FaultDecision(error_status=503)
+                return
+            if not unprefixed:
+                await _send_json(recording_send, 404, {"detail": "Not Found"}, [])
                 return
             decision = self.emulator.faults.decide(route)
             if decision.hang_seconds is not None:
@@ -129,6 +145,7 @@ class ServiceMiddleware:
                     status_code=status[0],
                     fault=decision.label,
                     started_at=started,
+                    key_headers=key_headers,
                 )
 
     async def _hang(self, seconds: float) -> None:

@@ -50,6 +50,8 @@ class RuntimeSettings:
     threshold: int
     download_concurrency: int
     download_latency: float
+    #: Served under this path prefix only (as behind an ingress), e.g. ``/gateway``; "" for none.
+    path_prefix: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict."""

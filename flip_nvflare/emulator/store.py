@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT NULL, route TEXT NOT NULL,
     method TEXT NOT NULL, path TEXT NOT NULL, status_code INTEGER NOT NULL, fault TEXT,
-    started_at REAL NOT NULL, ended_at REAL NOT NULL);
+    started_at REAL NOT NULL, ended_at REAL NOT NULL, key_headers TEXT NOT NULL DEFAULT '');
 """
 
 _RECORD_TABLES = ("statuses", "metrics", "logs", "cohort_queries", "downloads", "uploads", "requests")
@@ -168,6 +168,8 @@ class RequestRecord:
     fault: str | None
     started_at: float
     ended_at: float
+    #: Names (never values) of the key headers the request carried, comma-separated and sorted.
+    key_headers: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,9 @@ class RecordStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(requests)")}
+            if "key_headers" not in columns:  # a record database from an earlier version
+                self._conn.execute("ALTER TABLE requests ADD COLUMN key_headers TEXT NOT NULL DEFAULT ''")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -529,6 +534,7 @@ class RecordStore:
         status_code: int,
         fault: str | None,
         started_at: float,
+        key_headers: str = "",
     ) -> int:
         """Record one HTTP request to a service route."""
         return self._insert(
@@ -542,6 +548,7 @@ class RecordStore:
                 "fault": fault,
                 "started_at": started_at,
                 "ended_at": time.time(),
+                "key_headers": key_headers,
             },
         )
 

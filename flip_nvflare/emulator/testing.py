@@ -254,7 +254,8 @@ class EmulatorHandle:
     def set_settings(self, **settings: Any) -> dict[str, Any]:
         """Change run-time settings and return them all.
 
-        Settings: ``hub_api``, ``open``, ``threshold``, ``download_concurrency``, ``download_latency``.
+        Settings: ``hub_api``, ``open``, ``threshold``, ``download_concurrency``, ``download_latency``,
+        ``path_prefix`` (serve only under that prefix, as behind an ingress).
         """
         result: dict[str, Any] = self._admin("PATCH", "/settings", json=settings)
         self._hub_api = result["hub_api"]

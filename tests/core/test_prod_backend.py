@@ -7,12 +7,8 @@ errors, results in S3, and what reaches the logs.
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -68,99 +64,55 @@ def test_join_url_never_makes_a_double_slash(base: str, route: str, expected: st
     assert join_url(base, route) == expected
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Answers every request like the FLIP services would and records path and headers."""
-
-    seen: list[tuple[str, str, dict[str, str]]]
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        self.rfile.read(length)
-        type(self).seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-        if "/cohort/dataframe" in self.path:
-            body, code = b'{"accession_id": ["A1", "A2"], "age": [1, 2]}', 200
-        elif "/download/images/" in self.path:
-            body, code = json.dumps({"path": "/data/images/net-1/A1"}).encode(), 200
-        elif self.path.endswith("/metrics"):
-            body, code = b"", 204
-        else:
-            body, code = b'{"success": "status set"}', 200
-        self.send_response(code)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def recorder() -> Iterator[tuple[str, list[tuple[str, str, dict[str, str]]]]]:
-    seen: list[tuple[str, str, dict[str, str]]] = []
-    handler = type("Recorder", (_Recorder,), {"seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.mark.parametrize("suffix", ["", "/", "/prefix", "/prefix/"])
-def test_each_side_sends_only_its_own_key_and_prefixes_are_kept(
-    recorder: tuple[str, list[tuple[str, str, dict[str, str]]]], suffix: str
+@pytest.mark.parametrize("suffix", ["", "/"])
+@pytest.mark.parametrize("prefix", ["", "/gateway/flip"])
+def test_each_side_sends_only_its_own_key_and_base_urls_join_cleanly(
+    emu: EmulatorHandle, prefix: str, suffix: str
 ) -> None:
-    base, seen = recorder
-    backend = FLIPStandardProd(
-        flip_api_url=base + suffix,
-        hub_key="hub-secret",
-        data_access_api_url=base + suffix,
-        imaging_api_url=base + suffix,
-        trust_key="trust-secret",
-        net_id="net-1",
-        env={},
+    """Base URLs with or without trailing slash and path prefix; each call carries only its own key."""
+    emu.set_settings(path_prefix=prefix)
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    hub_root = emu.hub_url.removesuffix("/api")
+    backend = emu.prod_backend(
+        flip_api_url=f"{hub_root}{prefix}/api{suffix}",
+        data_access_api_url=f"{emu.data_access_url.rstrip('/')}{prefix}{suffix}",
+        imaging_api_url=f"{emu.imaging_url.rstrip('/')}{prefix}{suffix}",
     )
-    model = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
     backend.update_status(model, ModelStatus.INITIATED)
     backend.send_metrics("site-1", model, "LOSS_FUNCTION", 0.25, 2)
-    frame = backend.get_dataframe("enc-project", "SELECT 1")
-    backend.get_by_accession_number("enc-project", "A1", [ResourceType.NIFTI, ResourceType.SEG])
+    frame = backend.get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+    backend.get_by_accession_number(
+        emu.encrypted_project_id, str(frame["accession_id"].iloc[0]), [ResourceType.NIFTI, ResourceType.SEG]
+    )
     backend.close()
-    assert list(frame["accession_id"]) == ["A1", "A2"]
-    prefix = suffix.rstrip("/")
-    paths = [(method, path) for method, path, _ in seen]
-    assert paths == [
-        ("PUT", f"{prefix}/model/{model}/status/INITIATED"),
-        ("POST", f"{prefix}/model/{model}/metrics"),
-        ("POST", f"{prefix}/cohort/dataframe"),
-        ("POST", f"{prefix}/download/images/net-1?assessor_type=scan&resource_type=NIFTI"),
-        ("POST", f"{prefix}/download/images/net-1?assessor_type=assessor&resource_type=SEG"),
+    hub = [(r.method, r.path, r.status_code, r.key_headers) for r in emu.requests("hub")]
+    trust = [(r.method, r.path, r.status_code, r.key_headers) for r in emu.requests("trust")]
+    assert hub == [
+        ("PUT", f"{prefix}/api/model/{model}/status/INITIATED", 200, "x-internal-service-key"),
+        ("POST", f"{prefix}/api/model/{model}/metrics", 204, "x-internal-service-key"),
     ]
-    for _, path, headers in seen:
-        hub_call = "/model/" in path
-        assert headers.get("x-internal-service-key") == ("hub-secret" if hub_call else None)
-        assert headers.get("x-trust-internal-service-key") == (None if hub_call else "trust-secret")
-        assert "hub-secret" not in json.dumps(headers) or hub_call
+    assert [(m, p) for m, p, _, _ in trust] == [
+        ("POST", f"{prefix}/cohort/dataframe"),
+        ("POST", f"{prefix}/download/images/{emu.net_id}"),
+        ("POST", f"{prefix}/download/images/{emu.net_id}"),
+    ]
+    assert {(code, keys) for _, _, code, keys in trust} == {(200, "x-trust-internal-service-key")}
 
 
-def test_custom_key_headers(recorder: tuple[str, list[tuple[str, str, dict[str, str]]]]) -> None:
-    base, seen = recorder
-    env = {
-        "FLIP_API_INTERNAL_URL": base,
-        "INTERNAL_SERVICE_KEY": "k1",
-        "INTERNAL_SERVICE_KEY_HEADER": "X-Hub",
-        "DATA_ACCESS_API_URL": base,
-        "TRUST_INTERNAL_SERVICE_KEY": "k2",
-        "TRUST_INTERNAL_SERVICE_KEY_HEADER": "X-Trust",
-    }
-    backend = FLIPStandardProd(env=env)
-    backend.update_status("3fa85f64-5717-4562-b3fc-2c963f66afa6", "STOPPED")
-    backend.get_dataframe("p", "SELECT 1")
-    assert [(h.get("x-hub"), h.get("x-trust")) for _, _, h in seen] == [("k1", None), (None, "k2")]
+def test_a_prefixed_service_does_not_answer_without_its_prefix(emu: EmulatorHandle) -> None:
+    emu.set_settings(path_prefix="/gateway")
+    with pytest.raises(FlipNotFoundError):
+        emu.prod_backend().get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+
+
+def test_custom_key_header_names(emu: EmulatorHandle) -> None:
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    backend = emu.prod_backend(hub_key_header="X-Hub-Key", trust_key_header="X-Trust-Key")
+    with pytest.raises(FlipAuthenticationError):
+        backend.update_status(model, ModelStatus.INITIATED)
+    with pytest.raises(FlipAuthenticationError):
+        backend.get_dataframe(emu.encrypted_project_id, COHORT_SQL)
+    assert [r.key_headers for r in emu.requests()] == ["x-hub-key", "x-trust-key"]
 
 
 # --------------------------------------------------------------------------- trust side
@@ -288,9 +240,7 @@ def test_hub_errors_are_typed_and_final(emu: EmulatorHandle) -> None:
 
 
 def test_a_trust_process_needs_no_hub_settings(emu: EmulatorHandle) -> None:
-    trust_only = FLIPStandardProd(
-        data_access_api_url=emu.data_access_url, trust_key=emu.trust_key, env={}
-    )
+    trust_only = FLIPStandardProd(data_access_api_url=emu.data_access_url, trust_key=emu.trust_key, env={})
     assert len(trust_only.get_dataframe(emu.encrypted_project_id, COHORT_SQL)) > 0
     with pytest.raises(Exception, match="FLIP_API_INTERNAL_URL"):
         trust_only.update_status("3fa85f64-5717-4562-b3fc-2c963f66afa6", ModelStatus.INITIATED)

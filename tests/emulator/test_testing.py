@@ -72,6 +72,7 @@ def test_function_fixture_takes_marker_options(flip_emulator: EmulatorHandle) ->
         "threshold": 3,
         "download_concurrency": 4,
         "download_latency": 0.0,
+        "path_prefix": "",
     }
     env = flip_emulator.env()
     assert set(env) == JOB_VARIABLES and env["FLIP_HUB_API"] == "h2"
