@@ -6,17 +6,21 @@ the same frame as the naive ``pandas.DataFrame(data=json.loads(body))`` (same co
 values) while using far less time and memory:
 
 * The body is walked column by column and never decoded to one big ``str``; only one column's
-  intermediate Python objects exist at a time.
-* A long column whose values are only numbers and ``null`` (or only ``true``/``false``) is checked
-  against the JSON number grammar with vectorised numpy tests, then parsed by pandas' C CSV
-  reader (no Python object per value). Its float parser is exact (correctly rounded, like
-  Python's ``float``) from pandas 3.1 on; older pandas is asked for its ``round_trip`` parser.
-  Anything unusual (an integer of 19 or more digits, ``-0`` among floats, a column of nulls
-  only, ...) takes the general path below, so the result never differs from the naive one.
-* Any other column is decoded from its own slice of the body with the json module's C scanner
-  and typed by pandas exactly as the naive constructor types it.
-* In a string column with many repeated values (codes, dates, categories) equal strings are
-  shared, so each distinct value is stored once instead of once per row.
+  temporaries exist at a time.
+* A long list of numbers and ``null`` (or of ``true``/``false``) is checked against the JSON
+  number grammar with vectorised numpy tests, then parsed by pandas' C CSV reader: no Python
+  object per value. Its float parser is exact (correctly rounded, like Python's ``float``) from
+  pandas 3.1 on; older pandas is asked for its ``round_trip`` parser. Anything unusual (an
+  integer of 19 or more digits, ``-0`` among floats, only nulls, ...) takes the general path.
+* A long list of strings and ``null`` (compact or ``, ``-separated) is decoded without the json
+  module when its strings repeat (codes, dates, categories): each distinct value is found
+  through fixed-width byte keys and a hash table, decoded once, and shared by every row that
+  holds it, so the frame keeps one ``str`` object per distinct value. Mostly distinct strings
+  without escapes are split straight out of the decoded slice.
+* Any other list (nested values, mixed types, mostly distinct strings with escapes, line
+  breaks between items, short lists) is decoded from its own slice of the body by the json
+  module's C scanner and typed by pandas as the naive constructor types it; repeated strings
+  are shared there too.
 * On Linux with glibc, the heap memory the decoder freed is handed back to the OS at the end
   (``malloc_trim``), so the process holds the frame rather than the frame plus leftovers.
 
@@ -27,10 +31,10 @@ contain a value from the body.
 from __future__ import annotations
 
 import csv
-import ctypes
 import functools
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -60,7 +64,6 @@ _MAX_UNCONSOLIDATED_COLUMNS = 100
 
 _WHITESPACE = b" \t\n\r"
 _WHITESPACE_RE = re.compile(rb"[ \t\n\r]*")
-_NUMBER_CHARS = b"0123456789.eE+-,nul"
 _BOOL_CHARS = b"truefals,"
 
 _KIND_BY_BYTE = {
@@ -191,6 +194,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
     """The C library's ``malloc_trim`` if it is glibc, else ``None``."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+
     try:
         trim = ctypes.CDLL(None).malloc_trim  # None: the symbols already loaded in this process
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
@@ -328,55 +333,46 @@ def _series_from_list(values: list[Any]) -> pd.Series:
     """Type a decoded list exactly as ``pandas.DataFrame({name: values})`` does."""
     import pandas as pd
 
-    column = pd.DataFrame({0: values})[0]
-    del values
-    if len(column) >= _DEDUPE_MIN_ROWS and _is_string_column(column):
-        distinct = _distinct_in_sample(column)
-        if distinct is not None:
-            column = _share_equal_strings(column, distinct)
-    return column
+    if len(values) >= _DEDUPE_MIN_ROWS and _mostly_repeated_strings(values):
+        values = _shared_values(values)
+    return pd.DataFrame({0: values})[0]
 
 
-def _series_from_strings(values: npt.NDArray[np.object_], dtype: Any = None) -> pd.Series:
+def _mostly_repeated_strings(values: list[Any]) -> bool:
+    """Whether a spread sample of ``values`` is strings (and None) at most half of them distinct."""
+    step = max(1, len(values) // _DEDUPE_SAMPLE)
+    strings = [value for value in values[::step] if value is not None]
+    if not strings or not all(type(value) is str for value in strings):
+        return False
+    return 2 * len(set(strings)) <= len(strings)
+
+
+def _shared_values(values: list[Any]) -> list[Any]:
+    """``values`` with every value replaced by the first value equal to it, if all are str or None.
+
+    For strings that shares one object among equal strings and changes nothing else. Values of
+    other types can be equal across types (``1 == 1.0 == True``), so if any turns up the list is
+    returned as it was.
+    """
+    first: dict[Any, Any] = {}
+    try:
+        shared = list(map(first.setdefault, values, values))
+    except TypeError:  # an unhashable value (a list or an object)
+        return values
+    # Every value is equal to one of the keys, and a str or None equals only a str or None.
+    if not all(type(key) is str or key is None for key in first):
+        return values
+    return shared
+
+
+def _series_from_strings(values: npt.NDArray[np.object_]) -> pd.Series:
     """Type an object array of ``str`` and ``None`` (at least one ``str``) as pandas types such a list."""
     import pandas as pd
 
-    if dtype is None:
-        # What the naive constructor makes of strings with this pandas and its options
-        # (pandas 3: the "str" dtype; before: object).
-        dtype = pd.DataFrame({0: ["a"]})[0].dtype
+    # What the naive constructor makes of strings with this pandas and its options
+    # (pandas 3: the "str" dtype; before: object).
+    dtype = pd.DataFrame({0: ["a"]})[0].dtype
     return pd.Series(values, dtype=dtype, copy=False)
-
-
-def _is_string_column(column: pd.Series) -> bool:
-    import pandas as pd
-
-    if isinstance(column.dtype, pd.StringDtype):
-        return True
-    return column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) == "string"
-
-
-def _distinct_in_sample(column: pd.Series) -> int | None:
-    """Distinct values in a spread sample of the column, or ``None`` if over half are distinct."""
-    step = max(1, len(column) // _DEDUPE_SAMPLE)
-    sample = column.iloc[::step]
-    present = int(sample.count())
-    distinct = int(sample.nunique(dropna=True))
-    return distinct if present and 2 * distinct <= present else None
-
-
-def _share_equal_strings(column: pd.Series, distinct_hint: int) -> pd.Series:
-    """The same column, with all equal strings pointing at one ``str`` object."""
-    import pandas as pd
-
-    dtype = column.dtype
-    values = column.to_numpy(dtype=object)  # a copy; missing values stay as they were
-    present = ~column.isna().to_numpy()
-    del column
-    strings = values[present]
-    codes, uniques = pd.factorize(strings, size_hint=4 * distinct_hint)
-    values[present] = uniques[codes]
-    return _series_from_strings(values, dtype)
 
 
 # --------------------------------------------------------------------------- vectorised columns
@@ -400,13 +396,17 @@ def _plain_column(span: bytes) -> npt.NDArray[Any] | None:
     if not span:
         return None
     compact = span
-    if np.frombuffer(span, dtype=np.uint8).min() <= 0x20:  # whitespace (or a control character)
+    data = np.frombuffer(span, dtype=np.uint8)
+    if data.min() <= 0x20:  # whitespace (or a control character)
         compact = span.translate(None, _WHITESPACE)
         if not compact or not _whitespace_only_between_values(span):
             return None
-    if not compact.translate(None, _NUMBER_CHARS):
-        return _number_column(compact)
-    if not compact.translate(None, _BOOL_CHARS):
+        data = np.frombuffer(compact, dtype=np.uint8)
+        if data.min() < 0x20:
+            return None
+    if compact[0] in b"-0123456789n":
+        return _number_column(compact, data)
+    if compact[0] in b"tf" and not compact.translate(None, _BOOL_CHARS):
         return _read_csv_column(compact, "bool", nulls=False)
     return None
 
@@ -421,16 +421,16 @@ def _whitespace_only_between_values(span: bytes) -> bool:
     return runs == span.count(b",") + 1
 
 
-def _number_column(compact: bytes) -> npt.NDArray[Any] | None:
-    """Parse ``compact`` (numbers and nulls, comma-separated, no whitespace) as the naive frame types it.
+def _number_column(compact: bytes, data: npt.NDArray[np.uint8]) -> npt.NDArray[Any] | None:
+    """Parse ``compact`` (comma-separated items, no whitespace) if it is numbers and nulls only.
 
-    The JSON number grammar is checked here where pandas' parser is laxer: it refuses malformed
-    tokens such as ``1e``, ``1.2.3``, ``--1`` or ``nul`` (the read then fails and the general
-    path reports the error) but would accept ``+1``, ``01``, ``1.``, ``.5`` and empty items.
+    pandas' parser (asked for int64 or float64) refuses any item that is not a whole number,
+    such as ``1e``, ``1.2.3``, ``--1``, ``1x`` or ``true``; the read then fails and the general
+    path takes over (and reports an error where JSON has one). The JSON grammar is checked here
+    where pandas is laxer: ``+1``, ``01``, ``1.``, ``.5``, ``nan``, ``inf`` and empty items.
     """
     import numpy as np
 
-    data = np.frombuffer(compact, dtype=np.uint8)
     size = data.size
     commas = np.flatnonzero(data == ord(","))
     if commas.size and commas[-1] == size - 1:
@@ -438,45 +438,52 @@ def _number_column(compact: bytes) -> npt.NDArray[Any] | None:
     lead = np.empty(commas.size + 1, dtype=np.intp)  # where each item starts...
     lead[0] = 0
     np.add(commas, 1, out=lead[1:])
-    del commas
-    negative = data[lead] == ord("-")
-    lead += negative  # ...and then its first digit (or the 'n' of null)
-    if lead[-1] >= size:
-        return None
     lead_byte = data[lead]
+    negative = lead_byte == ord("-")
+    if negative.any():
+        lead += negative  # ...and then its first digit (or the 'n' of null)
+        if lead[-1] >= size:
+            return None
+        lead_byte = data[lead]
     is_digit = (lead_byte - np.uint8(ord("0"))) < 10
-    if not (is_digit | ((lead_byte == ord("n")) & ~negative)).all():
-        return None  # an empty item, or one starting with '.', 'e', '+', ...
-    second = lead[lead_byte == ord("0")] + 1
-    second = second[second < size]
-    if second.size and _any_digit(data[second]):
+    is_null = (lead_byte == ord("n")) & ~negative
+    if not (is_digit | is_null).all():
+        return None  # an empty item, or one starting with '.', '+', 'e', 'i', ...
+    has_null = bool(is_null.any())
+    if has_null and not _all_nulls(data, lead[is_null]):
+        return None  # an item starting with 'n' that is not exactly null (nan, ...)
+    after_lead = data[np.minimum(lead + 1, size - 1)]
+    if ((lead_byte == ord("0")) & ((after_lead - np.uint8(ord("0"))) < 10) & (lead + 1 < size)).any():
         return None  # a leading zero, as in 01
-    if b"-" in compact and np.count_nonzero(data == ord("-")) != np.count_nonzero(negative):
-        if not _follow_exponent(data, np.flatnonzero(data == ord("-")), allow_item_start=True):
-            return None  # a '-' inside a number, not after e/E
-    if b"+" in compact and not _follow_exponent(data, np.flatnonzero(data == ord("+")), allow_item_start=False):
-        return None
-    has_fraction = b"." in compact
-    if has_fraction:
-        after_dot = np.flatnonzero(data == ord(".")) + 1
-        if after_dot[-1] >= size or not _all_digits(data[after_dot]):
-            return None  # a '.' not followed by a digit, as in 1. or 1.e5
+    del after_lead
+    # A sign anywhere but first or after e/E ("1-2", "--1", "1e+-2") makes pandas refuse the item,
+    # and one in first place is checked above.
+    dots = np.flatnonzero(data == ord(".")) if b"." in compact else lead[:0]
+    if dots.size and (dots[-1] == size - 1 or not _all_digits(data[dots + 1])):
+        return None  # a '.' not followed by a digit, as in 1. or 1.e5
 
-    has_null = b"n" in compact
-    has_fraction = has_fraction or b"e" in compact or b"E" in compact
-    if not has_null and not has_fraction:
-        return _read_csv_column(compact, "int64", nulls=False)
+    if not has_null and not dots.size and b"e" not in compact and b"E" not in compact:
+        return _read_csv_column(compact, "int64", nulls=False, items=lead.size)
     # Among floats or nulls, an integer of 19+ digits may be typed uint64 or object by pandas.
-    candidates = lead[is_digit]
-    for offset in range(1, 19):
-        candidates = candidates[candidates + offset < size]
-        candidates = candidates[(data[candidates + offset] - np.uint8(ord("0"))) < 10]
-        if not candidates.size:
-            break
-    else:
-        return None
-    del lead, negative, lead_byte, is_digit, candidates
-    values = _read_csv_column(compact, "float64", nulls=has_null)
+    # An item with a '.' is no integer: if every item has one (pandas refuses two), skip this.
+    if dots.size < np.count_nonzero(is_digit) and int(np.diff(commas, prepend=-1, append=size).max()) > 19:
+        ends = np.empty_like(lead)
+        ends[:-1] = commas
+        ends[-1] = size
+        candidates = lead[is_digit & (ends - lead >= 19)]
+        del ends
+        for offset in range(1, 19):
+            candidates = candidates[candidates + offset < size]
+            candidates = candidates[(data[candidates + offset] - np.uint8(ord("0"))) < 10]
+            if not candidates.size:
+                break
+        else:
+            return None
+        del candidates
+    del commas, dots
+    items = lead.size
+    del lead, negative, lead_byte, is_digit, is_null
+    values = _read_csv_column(compact, "float64", nulls=has_null, items=items)
     if values is None:
         return None
     if has_null and bool(np.isnan(values).all()):
@@ -485,6 +492,16 @@ def _number_column(compact: bytes) -> npt.NDArray[Any] | None:
     if zeros.any() and np.signbit(values[zeros]).any():
         return None  # "-0" is the integer 0 (not -0.0) in the naive frame: let json decide
     return values
+
+
+def _all_nulls(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp]) -> bool:
+    """Whether the item at each of ``starts`` is exactly ``null``."""
+    if starts[-1] + 4 > data.size:
+        return False
+    ok = (data[starts + 1] == ord("u")) & (data[starts + 2] == ord("l")) & (data[starts + 3] == ord("l"))
+    ends = starts + 4
+    inside = ends < data.size
+    return bool(ok.all() and (data[ends[inside]] == ord(",")).all())
 
 
 def _all_digits(values: npt.NDArray[np.uint8]) -> bool:
@@ -499,23 +516,11 @@ def _any_digit(values: npt.NDArray[np.uint8]) -> bool:
     return bool(np.any((values - np.uint8(ord("0"))) < 10))
 
 
-def _follow_exponent(data: npt.NDArray[np.uint8], signs: npt.NDArray[np.intp], *, allow_item_start: bool) -> bool:
-    """Whether every sign at ``signs`` follows an ``e``/``E`` (or, if allowed, starts an item)."""
-    import numpy as np
+def _read_csv_column(compact: bytes, dtype: str, *, nulls: bool, items: int | None = None) -> npt.NDArray[Any] | None:
+    """Parse comma-separated items with pandas' C reader; ``None`` if any does not fit ``dtype``.
 
-    if signs[0] == 0:
-        if not allow_item_start:
-            return False
-        signs = signs[1:]
-    before = data[signs - 1]
-    ok = (before == ord("e")) | (before == ord("E"))
-    if allow_item_start:
-        ok |= before == ord(",")
-    return bool(np.all(ok))
-
-
-def _read_csv_column(compact: bytes, dtype: str, *, nulls: bool) -> npt.NDArray[Any] | None:
-    """Parse comma-separated tokens with pandas' C reader; ``None`` if any token does not fit ``dtype``."""
+    ``items`` is the number of items, if the caller has counted them.
+    """
     import pandas as pd
 
     options: dict[str, Any] = {
@@ -537,7 +542,7 @@ def _read_csv_column(compact: bytes, dtype: str, *, nulls: bool) -> npt.NDArray[
         frame = pd.read_csv(io.BytesIO(compact), **options)
     except (ValueError, TypeError, OverflowError):
         return None  # a token that does not parse (never shown: it is patient data)
-    if frame.shape[1] != 1 or len(frame) != compact.count(b",") + 1:
+    if frame.shape[1] != 1 or len(frame) != (compact.count(b",") + 1 if items is None else items):
         return None
     values = frame.iloc[:, 0].to_numpy()
     del frame
@@ -554,51 +559,74 @@ def _read_csv_column(compact: bytes, dtype: str, *, nulls: bool) -> npt.NDArray[
 def _string_column(body: bytes | bytearray, begin: int, end: int) -> npt.NDArray[np.object_] | None:
     """Decode ``body[begin:end]``, the inside of a list of strings and nulls, without the json module.
 
-    Applies to plain lists: ``"..."`` or ``null`` items separated by ``,`` or ``, ``, and no
-    backslash or control character anywhere. Returns an object array of ``str`` and ``None``,
-    or ``None`` when the general path must decode the list. When the strings repeat a lot, equal
-    strings are one shared object.
+    Applies to plain lists: ``"..."`` or ``null`` items separated by ``,`` or ``, ``, with no
+    control character (so no line break) anywhere, and escapes only if the strings repeat.
+    Returns an object array of ``str`` and ``None``, or ``None`` when the general path must
+    decode the list. When the strings repeat a lot, equal strings are one shared object.
     """
     import numpy as np
 
-    layout = _string_layout(body, begin, end)
+    if np.frombuffer(body, dtype=np.uint8, count=end - begin, offset=begin).min() < 0x20:
+        return None  # a control character (never valid in a string), or a line break between items
+    escaped = body.find(b"\\", begin, end) != -1
+    distinct = _mostly_distinct(body, begin, end)
+    if distinct and escaped:
+        return None  # every string needs unescaping: that is the json module's job
+    if distinct and end - begin >= 2 and body[begin] == body[end - 1] == ord('"'):
+        strings = _split_compact_strings(body, begin, end)
+        if strings is not None:
+            column = np.empty(len(strings), dtype=object)
+            column[:] = strings
+            return column
+    layout = _string_layout(body, begin, end, escaped=escaped)
     if layout is None:
         return None
     first, closing, rows, size = layout
-    if _mostly_distinct(body, begin, end):
-        strings: Any = _split_strings(body, begin, end)
+    if distinct:
+        strings = _split_strings(body, begin, end)
         if strings is None or len(strings) != first.size:
             return None
+        shared: Any = strings
     else:
-        strings = _shared_strings(body, begin, end, first, closing)
-        if strings is None:
+        shared = _shared_strings(body, begin, end, first, closing, escaped=escaped)
+        if shared is None:
             return None
     if rows is None:
         column = np.empty(size, dtype=object)
-        column[:] = strings
+        column[:] = shared
     else:
         column = np.full(size, None, dtype=object)
-        column[rows] = strings
+        column[rows] = shared
     return column
 
 
+def _split_compact_strings(body: bytes | bytearray, begin: int, end: int) -> list[str] | None:
+    """The strings of ``"a","b",...`` (no null, no space), or ``None`` if the list is not that."""
+    try:
+        text = str(body[begin + 1 : end - 1], "utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None  # the general path reports it
+    strings = text.split('","')
+    # Every quote is accounted for by the separators: no string holds one, no item lacks one.
+    return strings if text.count('"') == 2 * (len(strings) - 1) else None
+
+
 def _string_layout(
-    body: bytes | bytearray, begin: int, end: int
+    body: bytes | bytearray, begin: int, end: int, *, escaped: bool = False
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp] | None, int] | None:
     """Check that ``body[begin:end]`` is plain strings and nulls; find where each string lies.
 
+    ``escaped`` says the span holds a backslash (so some quotes may be escaped ones).
     Returns the offset (from ``begin``) of each string's first byte and of its closing quote, the
     row of each string (``None`` if there is no null), and the number of rows.
     """
     import numpy as np
 
-    if body.find(b"\\", begin, end) != -1:
-        return None
     size = end - begin
     data = np.frombuffer(body, dtype=np.uint8, count=size, offset=begin)
-    if data.min() < 0x20:
-        return None  # a control character (never valid in a string), or a line break between items
     quotes = np.flatnonzero(data == ord('"'))
+    if escaped and quotes.size:
+        quotes = quotes[~_escaped_quotes(data, quotes)]
     if quotes.size % 2:
         return None  # a ']' inside a string ended the span early
     opening = quotes[0::2]
@@ -609,11 +637,19 @@ def _string_layout(
     width = len(separator)
     null = b"null" + separator
     # Between two strings: the separator, then "null" and the separator once per null.
-    between, remainder = np.divmod(opening[1:] - closing[:-1] - 1 - width, len(null))
-    if remainder.any() or (between < 0).any():
-        return None
+    gaps = opening[1:] - closing[:-1] - 1
+    if (gaps == width).all():
+        between = None
+    else:
+        between, remainder = np.divmod(gaps - width, len(null))
+        if remainder.any() or (between < 0).any():
+            return None
+        for k, byte in enumerate(separator):
+            if not (data[opening[1:] - width + k] == byte).all():
+                return None
+    del gaps
     for k, byte in enumerate(separator):
-        if not ((data[closing[:-1] + 1 + k] == byte).all() and (data[opening[1:] - width + k] == byte).all()):
+        if not (data[closing[:-1] + 1 + k] == byte).all():
             return None
     leading, remainder_lead = divmod(int(opening[0]), len(null))
     trailing, remainder_trail = divmod(size - 1 - int(closing[-1]), len(null))
@@ -623,15 +659,30 @@ def _string_layout(
         return None
     if body[end - len(null) * trailing : end] != (separator + b"null") * trailing:
         return None
-    nulls = int(between.sum())
-    if nulls and not _repeats(data, closing[:-1] + 1 + width, between, null):
+    nulls = 0 if between is None else int(between.sum())
+    if between is not None and nulls and not _repeats(data, closing[:-1] + 1 + width, between, null):
         return None
     count = opening.size
     rows = None
     if leading or trailing or nulls:
         rows = leading + np.arange(count)
-        rows[1:] += np.cumsum(between)
+        if between is not None:
+            rows[1:] += np.cumsum(between)
     return opening + 1, closing, rows, leading + count + nulls + trailing
+
+
+def _escaped_quotes(data: npt.NDArray[np.uint8], quotes: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+    """Which of the quotes at ``quotes`` are escaped: preceded by an odd run of backslashes."""
+    import numpy as np
+
+    escaped = np.zeros(quotes.size, dtype=np.bool_)
+    before = quotes - 1
+    backslash = (before >= 0) & (data[np.maximum(before, 0)] == ord("\\"))
+    while backslash.any():
+        escaped ^= backslash
+        before -= 1
+        backslash &= (before >= 0) & (data[np.maximum(before, 0)] == ord("\\"))
+    return escaped
 
 
 def _repeats(
@@ -651,8 +702,8 @@ def _repeats(
 def _mostly_distinct(body: bytes | bytearray, begin: int, end: int) -> bool:
     """Guess from spread samples whether over a quarter of a plain string list's items are distinct.
 
-    A sample of ``s`` items with ``r`` repeats suggests about ``s * s / (2 * r)`` distinct
-    values (the birthday estimate). Below a quarter, sharing equal strings pays off.
+    Below a quarter, sharing equal strings pays off: decoding each distinct value once costs
+    less than decoding every row.
     """
     seen: set[bytes] = set()
     sampled = 0
@@ -672,11 +723,28 @@ def _mostly_distinct(body: bytes | bytearray, begin: int, end: int) -> bool:
         covered += sum(map(len, parts)) + 3 * len(parts)
         if end - begin <= window:
             break
-    repeats = sampled - len(seen)
-    if not repeats:
+    if not sampled:
         return True
     items = (end - begin) * sampled / covered
-    return 4 * sampled * sampled / (2 * repeats) > items
+    return 4 * _estimated_distinct(len(seen), sampled) > items
+
+
+def _estimated_distinct(seen: int, sampled: int) -> float:
+    """How many distinct values a population has if ``sampled`` draws showed ``seen`` of them.
+
+    Solves ``seen = k * (1 - exp(-sampled / k))`` (the expected count for ``k`` equally
+    frequent values) for ``k``.
+    """
+    if seen >= sampled:
+        return math.inf
+    low, high = float(seen), float(sampled) * sampled
+    for _ in range(60):
+        middle = (low + high) / 2
+        if middle * -math.expm1(-sampled / middle) < seen:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _split_strings(body: bytes | bytearray, begin: int, end: int) -> list[str] | None:
@@ -694,14 +762,21 @@ def _shared_strings(
     end: int,
     first: npt.NDArray[np.intp],
     closing: npt.NDArray[np.intp],
+    *,
+    escaped: bool = False,
 ) -> npt.NDArray[np.object_] | None:
-    """The strings at ``body[begin + first[i] : begin + closing[i]]``, equal ones as one object."""
+    """The strings at ``body[begin + first[i] : begin + closing[i]]``, equal ones as one object.
+
+    ``escaped``: the strings may hold escapes (each distinct one is then decoded by json).
+    """
     import numpy as np
     import pandas as pd
 
     count = first.size
     lengths = closing - first
     width = int(lengths.max())
+    if width > _MAX_KEY_BYTES and escaped:
+        return None
     if width > _MAX_KEY_BYTES:
         split = _split_strings(body, begin, end)
         if split is None or len(split) != count:
@@ -724,13 +799,18 @@ def _shared_strings(
     if len(keys) > 1 and not all(np.array_equal(key, key[representative][codes]) for key in keys):
         return None  # a hash collision: vanishingly rare, and never guessed around
     del keys
+    if escaped and 4 * len(uniques) > count:
+        return None  # mostly distinct after all: decoding each one by json costs more than json
+    bounds = zip(first[representative].tolist(), closing[representative].tolist(), strict=True)
     try:
-        distinct = [
-            str(body[begin + a : begin + b], "utf-8", "surrogatepass")
-            for a, b in zip(first[representative].tolist(), closing[representative].tolist(), strict=True)
-        ]
-    except UnicodeDecodeError:
-        return None  # the general path reports it
+        if escaped:  # with the quotes around it, each raw string is a JSON document
+            distinct = [
+                json.loads(str(body[begin + a - 1 : begin + b + 1], "utf-8", "surrogatepass")) for a, b in bounds
+            ]
+        else:
+            distinct = [str(body[begin + a : begin + b], "utf-8", "surrogatepass") for a, b in bounds]
+    except ValueError:  # invalid UTF-8 or an invalid escape: the general path reports it
+        return None
     strings = np.empty(len(distinct), dtype=object)
     strings[:] = distinct
     return strings[codes]
@@ -741,7 +821,7 @@ def _string_keys(
 ) -> list[npt.NDArray[np.uint64]]:
     """Each string's bytes as ``ceil(width / 8)`` little-endian words, zero past its end.
 
-    JSON strings hold no raw NUL, so equal keys mean equal strings.
+    JSON strings hold no raw NUL, so equal keys mean equal raw strings, hence equal strings.
     """
     import numpy as np
 
