@@ -6,8 +6,9 @@ connection and imports neither NVFlare nor PyTorch. Public names are loaded on f
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flip_nvflare._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -51,14 +52,4 @@ if TYPE_CHECKING:
     from flip_nvflare.errors import FlipError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flip_nvflare' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

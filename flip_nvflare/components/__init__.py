@@ -7,8 +7,9 @@ one submodule (e.g. the NVFlare-free ``delivery``) does not import the others.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flip_nvflare._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "FlipBackend": "flip_nvflare.components.backend",
@@ -52,14 +53,4 @@ if TYPE_CHECKING:
     from flip_nvflare.components.status import StatusReporter
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flip_nvflare.components' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -9,7 +10,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flip_nvflare.constants import ModelStatus, ResourceType
 from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument
@@ -17,6 +18,9 @@ from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument
 if TYPE_CHECKING:
     import pandas as pd
 
+logger = logging.getLogger(__name__)
+
+_MAX_X_LABEL = 64
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 _SITE_NAME = re.compile(r"site-(\d+)")
 
@@ -99,6 +103,53 @@ def finite_float(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def metric_body(
+    client_name: str,
+    model_id: str,
+    label: str,
+    value: object,
+    round: int,
+    x_value: float | None,
+    x_label: str | None,
+    trust_name: str | None,
+) -> dict[str, Any] | None:
+    """Check one metric's arguments and return what a backend records or sends for it.
+
+    Returns:
+        The fields (``model_id``, ``trust``, ``fl_client_name``, ``global_round``, ``label``,
+        ``result`` and, when given, ``x_value`` / ``x_label``), or ``None`` when the value is not
+        finite (logged as a warning: the hub cannot store it).
+
+    Raises:
+        FlipInvalidArgument: An argument is malformed.
+    """
+    model_id = check_model_id(model_id)
+    check_text("client_name", client_name)
+    check_text("label", label)
+    check_round(round)
+    if x_value is not None and finite_float(x_value) is None:
+        raise FlipInvalidArgument(f"x_value must be a finite number, got {x_value!r}.")
+    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= _MAX_X_LABEL):
+        raise FlipInvalidArgument(f"x_label must be a string of 1 to {_MAX_X_LABEL} characters.")
+    result = finite_float(value)
+    if result is None:
+        logger.warning("Metric %r of %s skipped: value is not a finite number.", label, client_name)
+        return None
+    body: dict[str, Any] = {
+        "model_id": model_id,
+        "trust": trust_name or default_trust_name(client_name),
+        "fl_client_name": client_name,
+        "global_round": round,
+        "label": label,
+        "result": result,
+    }
+    if x_value is not None:
+        body["x_value"] = float(x_value)
+    if x_label is not None:
+        body["x_label"] = x_label
+    return body
 
 
 def default_trust_name(client_name: str) -> str:

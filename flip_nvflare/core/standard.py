@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import ModelStatus, ResourceType
+from flip_nvflare.constants import HubApi, ModelStatus, ResourceType
 from flip_nvflare.core.base import (
     FLIPBase,
     ResourceTypes,
@@ -20,10 +20,9 @@ from flip_nvflare.core.base import (
     as_resource_types,
     check_accession_id,
     check_model_id,
-    check_round,
     check_text,
     default_trust_name,
-    finite_float,
+    metric_body,
     remove_inside,
 )
 from flip_nvflare.core.http import RetryPolicy, ServiceClient
@@ -45,15 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _MAX_LOG_CHARS = 64 * 1024
-_MAX_X_LABEL = 64
-
-
-def _check_x_axis(x_value: float | None, x_label: str | None) -> tuple[float | None, str | None]:
-    if x_value is not None and finite_float(x_value) is None:
-        raise FlipInvalidArgument(f"x_value must be a finite number, got {x_value!r}.")
-    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= _MAX_X_LABEL):
-        raise FlipInvalidArgument("x_label must be a string of 1 to 64 characters.")
-    return (float(x_value) if x_value is not None else None), x_label
 
 
 class FLIPStandardProd(FLIPBase):
@@ -324,27 +314,13 @@ class FLIPStandardProd(FLIPBase):
         trust_name: str | None = None,
     ) -> bool:
         """Post one metric to flip-api; the body suits H1 and H2 hubs at once."""
-        model_id = check_model_id(model_id)
-        check_text("client_name", client_name)
-        check_text("label", label)
-        check_round(round)
-        x_value, x_label = _check_x_axis(x_value, x_label)
-        result = finite_float(value)
-        if result is None:
-            logger.warning("Metric %r of %s skipped: value is not a finite number.", label, client_name)
+        body = metric_body(client_name, model_id, label, value, round, x_value, x_label, trust_name)
+        if body is None:
             return False
-        body: dict[str, Any] = {
-            "trust": trust_name or default_trust_name(client_name),
-            "fl_client_name": client_name,
-            "global_round": round,
-            "label": label,
-            "result": result,
-        }
-        if self.hub_settings().hub_api.value == "h2":
-            if x_value is not None:
-                body["x_value"] = x_value
-            if x_label is not None:
-                body["x_label"] = x_label
+        model_id = body.pop("model_id")
+        if self.hub_settings().hub_api is not HubApi.H2:  # H1 plots against the round only
+            body.pop("x_value", None)
+            body.pop("x_label", None)
         self._client("flip-api").request(
             "POST", "/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
         )
@@ -607,27 +583,9 @@ class FLIPStandardDev(FLIPBase):
         trust_name: str | None = None,
     ) -> bool:
         """Append the metric to ``metrics.jsonl`` (non-finite values skipped with a warning)."""
-        model_id = check_model_id(model_id)
-        check_text("client_name", client_name)
-        check_text("label", label)
-        check_round(round)
-        x_value, x_label = _check_x_axis(x_value, x_label)
-        result = finite_float(value)
-        if result is None:
-            logger.warning("Metric %r of %s skipped: value is not a finite number.", label, client_name)
+        record = metric_body(client_name, model_id, label, value, round, x_value, x_label, trust_name)
+        if record is None:
             return False
-        record: dict[str, Any] = {
-            "model_id": model_id,
-            "trust": trust_name or default_trust_name(client_name),
-            "fl_client_name": client_name,
-            "global_round": round,
-            "label": label,
-            "result": result,
-        }
-        if x_value is not None:
-            record["x_value"] = x_value
-        if x_label is not None:
-            record["x_label"] = x_label
         self._append("metrics.jsonl", record)
         return True
 

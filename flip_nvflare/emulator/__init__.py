@@ -7,8 +7,9 @@ nibabel and moto are imported only when a server starts. See ``docs/emulator.md`
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flip_nvflare._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "EmulatorConfig": "flip_nvflare.emulator.config",
@@ -26,10 +27,4 @@ if TYPE_CHECKING:
     from flip_nvflare.emulator.store import ModelRecords
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flip_nvflare.emulator' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
