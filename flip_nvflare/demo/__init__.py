@@ -1,0 +1,1 @@
+"""The bundled demo: a FLIP app, synthetic imaging data and ``flip-nvflare demo``."""

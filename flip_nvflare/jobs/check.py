@@ -1,0 +1,302 @@
+"""Check a FLIP app folder against what its job type needs, reporting every problem at once.
+
+A FLIP app is the folder of user code that becomes a job's ``custom/`` folder. What it must hold:
+
+- standard and fed_opt: ``trainer.py`` (class ``FLIP_TRAINER``), ``validator.py`` (class
+  ``FLIP_VALIDATOR``), ``models.py`` (function ``get_model``) and ``config.json`` with
+  ``LOCAL_ROUNDS`` and ``GLOBAL_ROUNDS`` (integers in 1..1000);
+- evaluation: ``evaluator.py`` (class ``FLIP_EVALUATOR``) and ``config.json`` with ``models``
+  (``{"name": {"checkpoint": "file.pt"}, ...}``) and ``evaluation_output``.
+
+The user's code is parsed, never imported or run: checking an app needs neither its
+dependencies nor trust in it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from flip_nvflare.constants import JobType
+from flip_nvflare.jobs.templates import as_job_type
+
+CONFIG_FILE = "config.json"
+ROUNDS_RANGE = (1, 1000)
+#: Names a model to evaluate may have (they become file names on the server).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class AppProblem:
+    """One thing wrong with an app, and how to fix it.
+
+    Attributes:
+        what: What is wrong (``"trainer.py is missing"``).
+        fix: What to do about it.
+    """
+
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.fix}"
+
+
+@dataclass(frozen=True)
+class RequiredSymbol:
+    """A class or function an app file must define at its top level."""
+
+    file: str
+    name: str
+    kind: str  # "class" or "function"
+    purpose: str
+
+    def describe(self) -> str:
+        """How to add it, for a problem's ``fix``."""
+        if self.kind == "class":
+            return (
+                f"define class {self.name} in {self.file} ({self.purpose}; an nvflare.apis.executor.Executor "
+                "subclass with execute(task_name, shareable, fl_ctx, abort_signal))"
+            )
+        return f"define function {self.name}() in {self.file} ({self.purpose})"
+
+
+_TRAINING_SYMBOLS = (
+    RequiredSymbol("trainer.py", "FLIP_TRAINER", "class", "local training, one round per 'train' task"),
+    RequiredSymbol("validator.py", "FLIP_VALIDATOR", "class", "answers 'validate' tasks with metrics"),
+    RequiredSymbol("models.py", "get_model", "function", "returns the torch.nn.Module the server starts from"),
+)
+_EVALUATION_SYMBOLS = (
+    RequiredSymbol("evaluator.py", "FLIP_EVALUATOR", "class", "answers 'evaluate' tasks with metrics per model"),
+)
+
+#: What each job type needs from an app.
+REQUIRED_SYMBOLS: dict[JobType, tuple[RequiredSymbol, ...]] = {
+    JobType.STANDARD: _TRAINING_SYMBOLS,
+    JobType.FED_OPT: _TRAINING_SYMBOLS,
+    JobType.EVALUATION: _EVALUATION_SYMBOLS,
+}
+
+
+def check_app(
+    app_dir: str | Path, job_type: str | JobType, *, checkpoints_dir: str | Path | None = None
+) -> list[AppProblem]:
+    """Every problem that keeps ``app_dir`` from being a FLIP app of ``job_type`` (empty: none).
+
+    Args:
+        app_dir: The app folder (what becomes the job's ``custom/``).
+        job_type: ``standard``, ``evaluation`` or ``fed_opt``.
+        checkpoints_dir: Evaluation: the folder holding the checkpoints named in ``models``
+            (default: the app folder).
+    """
+    kind = as_job_type(job_type)
+    app = Path(app_dir)
+    if not app.is_dir():
+        return [AppProblem(f"{app} is not a folder", "pass the folder holding your FLIP app's files")]
+    problems: list[AppProblem] = []
+    for symbol in REQUIRED_SYMBOLS[kind]:
+        problems.extend(_check_symbol(app, symbol))
+    config, config_problems = _read_config(app)
+    problems.extend(config_problems)
+    if config is not None:
+        if kind is JobType.EVALUATION:
+            problems.extend(_check_evaluation_config(config, Path(checkpoints_dir) if checkpoints_dir else app))
+        else:
+            problems.extend(_check_training_config(config))
+    return problems
+
+
+def evaluation_checkpoints(app_dir: str | Path) -> dict[str, str]:
+    """Model name -> checkpoint file name, from the app's ``config.json`` ``models`` (well-formed entries only)."""
+    config, _ = _read_config(Path(app_dir))
+    models = config.get("models") if config else None
+    if not isinstance(models, dict):
+        return {}
+    result: dict[str, str] = {}
+    for name, entry in models.items():
+        checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
+        if isinstance(checkpoint, str) and _plain_relative(checkpoint):
+            result[str(name)] = checkpoint
+    return result
+
+
+# ---------------------------------------------------------------------- python files
+
+
+def _check_symbol(app: Path, symbol: RequiredSymbol) -> list[AppProblem]:
+    path = app / symbol.file
+    if not path.is_file():
+        return [AppProblem(f"{symbol.file} is missing", f"add {symbol.file} and {symbol.describe()}")]
+    try:
+        tree = ast.parse(path.read_bytes(), filename=symbol.file)
+    except SyntaxError as exc:
+        return [
+            AppProblem(
+                f"{symbol.file} does not parse (line {exc.lineno}: {exc.msg})",
+                f"fix the syntax error; it must {symbol.describe()}",
+            )
+        ]
+    except (OSError, ValueError) as exc:
+        return [AppProblem(f"{symbol.file} cannot be read ({type(exc).__name__})", "make it a readable Python file")]
+    found = _top_level_definitions(tree).get(symbol.name)
+    if found is None:
+        return [AppProblem(f"{symbol.file} does not define {symbol.name}", symbol.describe())]
+    if symbol.kind == "class" and found == "function":
+        return [AppProblem(f"{symbol.name} in {symbol.file} is a function, not a class", symbol.describe())]
+    return []
+
+
+def _top_level_definitions(tree: ast.Module) -> dict[str, str]:
+    """Names bound at module level: ``class``, ``function``, or ``other`` (assignments, imports)."""
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            names[node.name] = "class"
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names[node.name] = "function"
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for name_node in ast.walk(target):
+                    if isinstance(name_node, ast.Name):
+                        names[name_node.id] = "other"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names[(alias.asname or alias.name).split(".")[0]] = "other"
+    return names
+
+
+# ---------------------------------------------------------------------- config.json
+
+
+def _read_config(app: Path) -> tuple[dict[str, Any] | None, list[AppProblem]]:
+    path = app / CONFIG_FILE
+    if not path.is_file():
+        return None, [AppProblem(f"{CONFIG_FILE} is missing", f"add {CONFIG_FILE} with the app's hyper-parameters")]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        return None, [AppProblem(f"{CONFIG_FILE} is not valid JSON ({exc})", "fix it so it parses as a JSON object")]
+    except OSError as exc:
+        return None, [AppProblem(f"{CONFIG_FILE} cannot be read ({type(exc).__name__})", "make it readable")]
+    if not isinstance(data, dict):
+        return None, [AppProblem(f"{CONFIG_FILE} is not a JSON object", 'make it an object, e.g. {"LOCAL_ROUNDS": 1}')]
+    return data, []
+
+
+def _check_training_config(config: dict[str, Any]) -> list[AppProblem]:
+    problems: list[AppProblem] = []
+    low, high = ROUNDS_RANGE
+    for key, meaning in (("LOCAL_ROUNDS", "local epochs per round"), ("GLOBAL_ROUNDS", "federated rounds")):
+        value = config.get(key)
+        if key not in config:
+            problems.append(
+                AppProblem(f"{CONFIG_FILE} has no {key}", f'add "{key}": N ({meaning}, an integer in {low}..{high})')
+            )
+        elif isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(
+                AppProblem(f"{CONFIG_FILE} {key} is {value!r}", f"set it to an integer in {low}..{high} ({meaning})")
+            )
+    if "IGNORE_RESULT_ERROR" in config and not isinstance(config["IGNORE_RESULT_ERROR"], bool):
+        problems.append(
+            AppProblem(f"{CONFIG_FILE} IGNORE_RESULT_ERROR is {config['IGNORE_RESULT_ERROR']!r}", "use true or false")
+        )
+    weights = config.get("AGGREGATION_WEIGHTS")
+    if weights is not None and not (
+        isinstance(weights, dict) and all(isinstance(k, str) and _number(v) and v >= 0 for k, v in weights.items())
+    ):
+        problems.append(
+            AppProblem(
+                f"{CONFIG_FILE} AGGREGATION_WEIGHTS is not a map of client names to weights",
+                'use e.g. {"site-1": 1.0, "site-2": 0.5} (numbers >= 0)',
+            )
+        )
+    return problems
+
+
+def _check_evaluation_config(config: dict[str, Any], checkpoints_dir: Path) -> list[AppProblem]:
+    problems: list[AppProblem] = []
+    example = '"models": {"my_model": {"checkpoint": "my_model.pt"}}'
+    models = config.get("models")
+    if "models" not in config:
+        problems.append(AppProblem(f"{CONFIG_FILE} has no models", f"add the models to evaluate: {example}"))
+    elif not isinstance(models, dict) or not models:
+        problems.append(AppProblem(f"{CONFIG_FILE} models is empty or not an object", f"name each model: {example}"))
+    else:
+        for name, entry in models.items():
+            problems.extend(_check_model_entry(str(name), entry, checkpoints_dir))
+    output = config.get("evaluation_output")
+    if "evaluation_output" not in config:
+        problems.append(
+            AppProblem(
+                f"{CONFIG_FILE} has no evaluation_output",
+                'describe what the evaluator reports, e.g. "evaluation_output": {"metrics": ["accuracy"]}',
+            )
+        )
+    elif not isinstance(output, (dict, list)) or not output:
+        problems.append(
+            AppProblem(
+                f"{CONFIG_FILE} evaluation_output is empty or not an object",
+                'e.g. "evaluation_output": {"metrics": ["accuracy"]}',
+            )
+        )
+    return problems
+
+
+def _check_model_entry(name: str, entry: object, checkpoints_dir: Path) -> list[AppProblem]:
+    problems: list[AppProblem] = []
+    if not MODEL_NAME.fullmatch(name):
+        problems.append(
+            AppProblem(
+                f"model name {name!r} in {CONFIG_FILE} models is not usable",
+                "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        )
+    checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
+    if not isinstance(checkpoint, str) or not checkpoint:
+        problems.append(
+            AppProblem(
+                f"model {name!r} in {CONFIG_FILE} names no checkpoint",
+                f'give it a checkpoint file: "{name}": {{"checkpoint": "{name}.pt"}}',
+            )
+        )
+    elif not _plain_relative(checkpoint):
+        problems.append(
+            AppProblem(
+                f"model {name!r}: checkpoint {checkpoint!r} points outside the checkpoints folder",
+                "name a file inside the checkpoints folder (a relative path without '..')",
+            )
+        )
+    elif not (checkpoints_dir / checkpoint).is_file():
+        problems.append(
+            AppProblem(
+                f"model {name!r}: checkpoint {checkpoint} not found in {checkpoints_dir}",
+                "put the file there, or pass the folder holding it with --checkpoints",
+            )
+        )
+    return problems
+
+
+def _plain_relative(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and ":" not in name
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_problems(app_dir: str | Path, job_type: str | JobType, problems: Sequence[AppProblem]) -> str:
+    """A report of ``problems`` for people: one line each, with what to add."""
+    kind = as_job_type(job_type).value
+    if not problems:
+        return f"{app_dir}: a valid FLIP {kind} app."
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    lines = [f"{app_dir} is not a valid FLIP {kind} app ({count}):"]
+    lines += [f"  - {problem}" for problem in problems]
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Build an NVFlare job folder from a FLIP template and a FLIP app.
+
+The result has the structure ``nvflare job create -j JOB -w job_templates/<name> -sd APP``
+produces (``meta.conf``, ``app/config/config_fed_{server,client}.json``, ``app/custom/<app files>``)
+and runs in NVFlare's simulator, a POC or a real deployment. Unlike ``nvflare job create`` it
+prints no deprecation warnings, never reads or writes the user's NVFlare configuration, checks the
+app first, and fills in what the app and the options say:
+
+- ``flip_mode`` (``dev`` or ``prod``) in both configs;
+- the server's ``global_rounds`` from the app's ``GLOBAL_ROUNDS`` and, when set there,
+  ``ignore_result_error`` and the aggregator's weights (as FLIP's hub does);
+- optional ``model_id``, ``min_clients``, ``project_id`` and ``query``;
+- dev data (``--dev-data DIR``): each site reads ``DIR/<site>/cohort.csv`` and
+  ``DIR/<site>/images/<accession_id>/`` (the site name is NVFlare's ``{SITE_NAME}``);
+- evaluation: the checkpoints stay on the server. They are not copied into ``custom/`` (which is
+  deployed to every client); the model locator reads them from the checkpoints folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flip_nvflare.constants import FlipMode, JobType
+from flip_nvflare.core.base import check_model_id
+from flip_nvflare.errors import FlipConfigError, FlipError
+from flip_nvflare.jobs.check import CONFIG_FILE, check_app, evaluation_checkpoints, format_problems
+from flip_nvflare.jobs.templates import TEMPLATE_NAMES, as_job_type, template_dir
+
+APP_NAME = "app"
+SERVER_CONFIG = "config_fed_server.json"
+CLIENT_CONFIG = "config_fed_client.json"
+META_CONF = "meta.conf"
+#: Component ids the templates use (and this module edits).
+FLIP_COMPONENT_ID = "flip"
+MODEL_LOCATOR_ID = "model_locator"
+AGGREGATOR_ID = "aggregator"
+#: Files and folders of an app folder that never go into a job.
+IGNORED_NAMES = ("__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".DS_Store")
+#: Dev-data layout: ``<dev data>/<site>/cohort.csv`` and ``<dev data>/<site>/images/<accession>/``.
+DEV_COHORT = "cohort.csv"
+DEV_IMAGES = "images"
+
+
+class FlipJobError(FlipError):
+    """The job cannot be created; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What job to build.
+
+    Attributes:
+        job_type: ``standard``, ``evaluation`` or ``fed_opt``.
+        app_dir: The FLIP app folder (becomes the job's ``custom/``).
+        job_dir: The job folder to create.
+        mode: ``dev`` (local files, a ledger instead of the hub) or ``prod`` (the FLIP services).
+        dev_data: Dev mode: folder with one sub-folder per site (``<site>/cohort.csv``,
+            ``<site>/images/``).
+        checkpoints_dir: Evaluation: folder on the server holding the checkpoints the app's
+            ``models`` name (default: the app folder).
+        model_id: The model's id on the hub (a UUID); default: the template's.
+        project_id: The project's encrypted id for the clients; default: the template's.
+        query: The cohort query; default: the template's.
+        min_clients: Clients needed to run; default: the template's (2).
+        force: Replace an existing job folder.
+    """
+
+    job_type: JobType
+    app_dir: Path
+    job_dir: Path
+    mode: FlipMode = FlipMode.DEV
+    dev_data: Path | None = None
+    checkpoints_dir: Path | None = None
+    model_id: str | None = None
+    project_id: str | None = None
+    query: str | None = None
+    min_clients: int | None = None
+    force: bool = False
+
+
+def create_job(request: JobRequest) -> Path:
+    """Create the job folder described by ``request`` and return it.
+
+    Raises:
+        FlipJobError: The app is not valid for the job type (every problem is listed), an option
+            is wrong, or the job folder exists (and ``force`` is not set).
+    """
+    job_type = as_job_type(request.job_type)
+    app_dir = Path(request.app_dir).resolve()
+    checkpoints = _checkpoints_dir(request, app_dir) if job_type is JobType.EVALUATION else None
+    problems = check_app(app_dir, job_type, checkpoints_dir=checkpoints)
+    if problems:
+        raise FlipJobError(format_problems(app_dir, job_type, problems))
+    _check_options(request)
+    template = template_dir(job_type)
+    job_dir = _prepare_job_dir(Path(request.job_dir), request.force, app_dir)
+
+    server = _load_json(template / SERVER_CONFIG)
+    client = _load_json(template / CLIENT_CONFIG)
+    app_config = _load_json(app_dir / CONFIG_FILE)
+    _fill_server(server, request, job_type, app_config, checkpoints)
+    _fill_client(client, request)
+
+    config_dir = job_dir / APP_NAME / "config"
+    custom_dir = job_dir / APP_NAME / "custom"
+    config_dir.mkdir(parents=True)
+    skipped = set(evaluation_checkpoints(app_dir).values()) if job_type is JobType.EVALUATION else set()
+    _copy_app(app_dir, custom_dir, skipped)
+    _write_json(config_dir / SERVER_CONFIG, server)
+    _write_json(config_dir / CLIENT_CONFIG, client)
+    meta = _load_meta(template)
+    meta["name"] = job_dir.name
+    if request.min_clients is not None:
+        meta["min_clients"] = request.min_clients
+    _write_json(job_dir / META_CONF, meta)
+    return job_dir
+
+
+# ---------------------------------------------------------------------- options
+
+
+def _check_options(request: JobRequest) -> None:
+    problems: list[str] = []
+    mode = FlipMode(request.mode)
+    if request.dev_data is not None:
+        if mode is not FlipMode.DEV:
+            problems.append("--dev-data only applies to dev mode; drop it or use --mode dev.")
+        else:
+            problems.extend(_dev_data_problems(Path(request.dev_data)))
+    if request.model_id is not None:
+        try:
+            check_model_id(request.model_id)
+        except FlipError as exc:
+            problems.append(str(exc))
+    if request.min_clients is not None and (
+        isinstance(request.min_clients, bool) or not isinstance(request.min_clients, int) or request.min_clients < 1
+    ):
+        problems.append(f"min_clients must be an integer >= 1, got {request.min_clients!r}.")
+    for name, value in (("project_id", request.project_id), ("query", request.query)):
+        if value is not None and not str(value).strip():
+            problems.append(f"{name} must not be empty.")
+    if problems:
+        raise FlipJobError("Cannot create the job:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _dev_data_problems(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return [f"--dev-data {folder} is not a folder."]
+    sites = [p.parent.name for p in sorted(folder.glob(f"*/{DEV_COHORT}"))]
+    if not sites:
+        return [
+            f"--dev-data {folder} holds no site data: put each site's cohort in <folder>/<site>/{DEV_COHORT} "
+            f"and its images in <folder>/<site>/{DEV_IMAGES}/<accession_id>/ (site names as NVFlare's, e.g. site-1)."
+        ]
+    return [
+        f"--dev-data: {folder / site / DEV_IMAGES} is missing (one sub-folder per accession_id)."
+        for site in sites
+        if not (folder / site / DEV_IMAGES).is_dir()
+    ]
+
+
+def _checkpoints_dir(request: JobRequest, app_dir: Path) -> Path:
+    folder = Path(request.checkpoints_dir).resolve() if request.checkpoints_dir is not None else app_dir
+    if not folder.is_dir():
+        raise FlipJobError(f"The checkpoints folder {folder} does not exist.")
+    return folder
+
+
+# ---------------------------------------------------------------------- configs
+
+
+def _fill_server(
+    server: dict[str, Any],
+    request: JobRequest,
+    job_type: JobType,
+    app_config: dict[str, Any],
+    checkpoints: Path | None,
+) -> None:
+    server["flip_mode"] = FlipMode(request.mode).value
+    if request.model_id is not None:
+        server["model_id"] = check_model_id(request.model_id)
+    if request.min_clients is not None:
+        server["min_clients"] = request.min_clients
+    if job_type is JobType.EVALUATION:
+        _component_args(server, MODEL_LOCATOR_ID)["checkpoint_dir"] = str(checkpoints)
+        return
+    server["global_rounds"] = int(app_config["GLOBAL_ROUNDS"])
+    if isinstance(app_config.get("IGNORE_RESULT_ERROR"), bool):
+        server["ignore_result_error"] = app_config["IGNORE_RESULT_ERROR"]
+    weights = app_config.get("AGGREGATION_WEIGHTS")
+    if isinstance(weights, dict) and weights:
+        _component_args(server, AGGREGATOR_ID)["aggregation_weights"] = dict(weights)
+
+
+def _fill_client(client: dict[str, Any], request: JobRequest) -> None:
+    client["flip_mode"] = FlipMode(request.mode).value
+    if request.project_id is not None:
+        client["project_id"] = request.project_id
+    if request.query is not None:
+        client["query"] = request.query
+    if request.dev_data is not None:
+        root = Path(request.dev_data).resolve()
+        args = _component_args(client, FLIP_COMPONENT_ID)
+        args["dev_dataframe"] = f"{root}/{{SITE_NAME}}/{DEV_COHORT}"
+        args["dev_images_dir"] = f"{root}/{{SITE_NAME}}/{DEV_IMAGES}"
+
+
+def _component_args(config: dict[str, Any], component_id: str) -> dict[str, Any]:
+    for component in config.get("components", []):
+        if isinstance(component, dict) and component.get("id") == component_id:
+            args: dict[str, Any] = component.setdefault("args", {})
+            return args
+    raise FlipConfigError(f"The job template has no component {component_id!r}; reinstall flip-nvflare.")
+
+
+# ---------------------------------------------------------------------- files
+
+
+def _prepare_job_dir(job_dir: Path, force: bool, app_dir: Path) -> Path:
+    job_dir = job_dir.resolve()
+    if job_dir == app_dir or app_dir.is_relative_to(job_dir):
+        raise FlipJobError(f"The job folder {job_dir} must not contain the app folder {app_dir}.")
+    if job_dir.exists() and any(job_dir.iterdir()):
+        if not force:
+            raise FlipJobError(f"The job folder {job_dir} exists and is not empty; choose another or pass --force.")
+        if not _looks_like_job(job_dir):
+            raise FlipJobError(
+                f"--force refused: {job_dir} does not look like an NVFlare job folder (no meta.conf or meta.json); "
+                "remove it yourself if it should go."
+            )
+        shutil.rmtree(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    return job_dir
+
+
+def _looks_like_job(folder: Path) -> bool:
+    return any((folder / f"meta{ext}").is_file() for ext in (".conf", ".json", ".yml"))
+
+
+def _copy_app(app_dir: Path, custom_dir: Path, skipped: Iterable[str]) -> None:
+    skipped_files = {(app_dir / name).resolve() for name in skipped}
+    ignore_names = shutil.ignore_patterns(*IGNORED_NAMES)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        ignored = set(ignore_names(folder, names))
+        ignored.update(name for name in names if (Path(folder) / name).resolve() in skipped_files)
+        return ignored
+
+    shutil.copytree(app_dir, custom_dir, ignore=ignore)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise FlipConfigError(f"{path} is not a JSON object.")
+    return data
+
+
+def _load_meta(template: Path) -> dict[str, Any]:
+    from pyhocon import ConfigFactory  # NVFlare's own config reader
+
+    meta = ConfigFactory.parse_file(str(template / META_CONF))
+    plain: dict[str, Any] = json.loads(json.dumps(meta.as_plain_ordered_dict()))
+    return plain
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def template_name(job_type: str | JobType) -> str:
+    """The template folder name of ``job_type`` (``flip_standard``...)."""
+    return TEMPLATE_NAMES[as_job_type(job_type)]

@@ -1,0 +1,155 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flip_nvflare.constants import FlipMode, JobType
+from flip_nvflare.demo.cli import app_dir
+from flip_nvflare.jobs.cli import job_main
+from flip_nvflare.jobs.create import FlipJobError, JobRequest, create_job
+
+MODEL_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    target = tmp_path / "app"
+    shutil.copytree(app_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "__pycache__").mkdir()
+    (target / "__pycache__" / "x.pyc").write_bytes(b"")
+    return target
+
+
+@pytest.fixture
+def dev_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    for site in ("site-1", "site-2"):
+        (root / site / "images").mkdir(parents=True)
+        (root / site / "cohort.csv").write_text("accession_id,label\n")
+    return root
+
+
+def _configs(job: Path) -> tuple[dict, dict]:
+    config = job / "app" / "config"
+    return (
+        json.loads((config / "config_fed_server.json").read_text()),
+        json.loads((config / "config_fed_client.json").read_text()),
+    )
+
+
+def _component(config: dict, component_id: str) -> dict:
+    return next(c for c in config["components"] if c["id"] == component_id)
+
+
+def test_standard_job_layout_and_filled_keys(app: Path, dev_data: Path, tmp_path: Path) -> None:
+    job = create_job(
+        JobRequest(JobType.STANDARD, app, tmp_path / "jobs" / "my_job", dev_data=dev_data, model_id=MODEL_ID.upper())
+    )
+    files = sorted(str(p.relative_to(job)) for p in job.rglob("*") if p.is_file())
+    assert files == [
+        "app/config/config_fed_client.json",
+        "app/config/config_fed_server.json",
+        "app/custom/config.json",
+        "app/custom/data_utils.py",
+        "app/custom/evaluator.py",
+        "app/custom/models.py",
+        "app/custom/trainer.py",
+        "app/custom/validator.py",
+        "meta.conf",
+    ]
+    meta = json.loads((job / "meta.conf").read_text())
+    assert meta["name"] == "my_job" and meta["deploy_map"] == {"app": ["@ALL"]}
+    server, client = _configs(job)
+    assert server["flip_mode"] == client["flip_mode"] == "dev"
+    assert server["model_id"] == MODEL_ID
+    assert server["global_rounds"] == json.loads((app / "config.json").read_text())["GLOBAL_ROUNDS"]
+    flip_args = _component(client, "flip")["args"]
+    assert flip_args["dev_dataframe"] == f"{dev_data.resolve()}/{{SITE_NAME}}/cohort.csv"
+    assert flip_args["dev_images_dir"] == f"{dev_data.resolve()}/{{SITE_NAME}}/images"
+    assert "dev_dataframe" not in _component(server, "flip")["args"]
+
+
+def test_app_settings_reach_the_server_config(app: Path, tmp_path: Path) -> None:
+    config = json.loads((app / "config.json").read_text())
+    config.update(GLOBAL_ROUNDS=7, IGNORE_RESULT_ERROR=True, AGGREGATION_WEIGHTS={"site-1": 2.0, "site-2": 1.0})
+    (app / "config.json").write_text(json.dumps(config))
+    job = create_job(
+        JobRequest(
+            JobType.FED_OPT,
+            app,
+            tmp_path / "job",
+            mode=FlipMode.PROD,
+            project_id="enc",
+            query="SELECT 1",
+            min_clients=3,
+        )
+    )
+    server, client = _configs(job)
+    assert (server["global_rounds"], server["ignore_result_error"], server["min_clients"]) == (7, True, 3)
+    assert server["flip_mode"] == client["flip_mode"] == "prod"
+    assert _component(server, "aggregator")["args"]["aggregation_weights"] == {"site-1": 2.0, "site-2": 1.0}
+    assert (client["project_id"], client["query"]) == ("enc", "SELECT 1")
+    assert json.loads((job / "meta.conf").read_text())["min_clients"] == 3
+    assert "fedopt" in _component(server, "shareable_generator")["path"]
+
+
+def test_evaluation_job_keeps_checkpoints_on_the_server(app: Path, tmp_path: Path) -> None:
+    (app / "FL_global_model.pt").write_bytes(b"final")
+    (app / "best_FL_global_model.pt").write_bytes(b"best")
+    job = create_job(JobRequest(JobType.EVALUATION, app, tmp_path / "job"))
+    custom = job / "app" / "custom"
+    assert (custom / "evaluator.py").is_file()
+    assert not list(custom.glob("*.pt"))
+    server, _ = _configs(job)
+    assert _component(server, "model_locator")["args"]["checkpoint_dir"] == str(app.resolve())
+
+
+def test_invalid_app_lists_every_problem_and_creates_nothing(tmp_path: Path) -> None:
+    app = tmp_path / "empty_app"
+    app.mkdir()
+    with pytest.raises(FlipJobError) as info:
+        create_job(JobRequest(JobType.STANDARD, app, tmp_path / "job"))
+    text = str(info.value)
+    for name in ("trainer.py", "validator.py", "models.py", "config.json"):
+        assert f"{name} is missing" in text
+    assert not (tmp_path / "job").exists()
+
+
+def test_bad_options_are_reported_together(app: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "no_sites"
+    empty.mkdir()
+    with pytest.raises(FlipJobError) as info:
+        create_job(JobRequest(JobType.STANDARD, app, tmp_path / "job", dev_data=empty, model_id="nope", min_clients=0))
+    text = str(info.value)
+    assert "holds no site data" in text and "<folder>/<site>/cohort.csv" in text
+    assert "model_id must be a UUID" in text
+    assert "min_clients must be an integer >= 1" in text
+    with pytest.raises(FlipJobError, match="only applies to dev mode"):
+        create_job(JobRequest(JobType.STANDARD, app, tmp_path / "job", mode=FlipMode.PROD, dev_data=empty))
+
+
+def test_existing_job_folder_needs_force_and_force_only_replaces_jobs(app: Path, tmp_path: Path) -> None:
+    job = create_job(JobRequest(JobType.STANDARD, app, tmp_path / "job"))
+    with pytest.raises(FlipJobError, match="pass --force"):
+        create_job(JobRequest(JobType.STANDARD, app, job))
+    (job / "stale.txt").write_text("old")
+    create_job(JobRequest(JobType.STANDARD, app, job, force=True))
+    assert not (job / "stale.txt").exists()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("...")
+    with pytest.raises(FlipJobError, match="does not look like an NVFlare job folder"):
+        create_job(JobRequest(JobType.STANDARD, app, precious, force=True))
+    assert (precious / "thesis.tex").exists()
+    with pytest.raises(FlipJobError, match="must not contain the app folder"):
+        create_job(JobRequest(JobType.STANDARD, app, tmp_path, force=True))
+
+
+def test_job_command(app: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = tmp_path / "job"
+    assert job_main(["create", "--type", "standard", "--app", str(app), "--job", str(job)]) == 0
+    assert "nvflare simulator" in capsys.readouterr().out
+    assert (job / "meta.conf").is_file()
+    assert job_main(["create", "--type", "standard", "--app", str(tmp_path / "missing"), "--job", str(job)]) == 1
+    assert "is not a folder" in capsys.readouterr().err
