@@ -50,6 +50,7 @@ def send_metrics_value(
     *,
     x_value: float | None = None,
     x_label: str | None = None,
+    flip: object = None,
 ) -> None:
     """Send one metric value from client code towards the hub.
 
@@ -61,6 +62,8 @@ def send_metrics_value(
         round: The global round (>= 0); defaults to the round of the task the client is running.
         x_value: Optional x coordinate for a curve of your own (H2 hubs), e.g. the epoch.
         x_label: Optional x-axis name, 1-64 characters (H2 hubs), e.g. ``"epoch"``.
+        flip: Accepted for FLIP apps that pass their backend (``flip=self.flip``); not used, as
+            metrics always travel through the server, which holds the hub settings.
 
     Raises:
         ValueError: An argument is malformed (the message says which).

@@ -1,2 +1,3 @@
 """Shared pytest set-up."""
+
 pytest_plugins = ["flip_nvflare.emulator.testing"]

@@ -54,6 +54,12 @@ def test_public_api_names() -> None:
     assert [s.value for s in ResourceType] == ["DICOM", "NIFTI", "SEG", "ALL"]
     assert [j.value for j in JobType] == ["standard", "evaluation", "fed_opt"]
     assert {s.value for s in ModelStatus} == {
-        "PENDING", "INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED",
-        "RESULTS_UPLOAD_FAILED", "ERROR", "STOPPED",
+        "PENDING",
+        "INITIATED",
+        "PREPARED",
+        "TRAINING_STARTED",
+        "RESULTS_UPLOADED",
+        "RESULTS_UPLOAD_FAILED",
+        "ERROR",
+        "STOPPED",
     }

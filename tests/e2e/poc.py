@@ -35,7 +35,12 @@ api_version: 3
 name: example_project
 description: flip-nvflare end-to-end test deployment
 participants:
-  - {{name: server, type: server, org: nvidia, default_host: localhost, fed_learn_port: {port}, admin_port: {admin_port}}}
+  - name: server
+    type: server
+    org: nvidia
+    default_host: localhost
+    fed_learn_port: {port}
+    admin_port: {admin_port}
   - {{name: admin@nvidia.com, type: admin, org: nvidia, role: project_admin}}
   - {{name: site-1, type: client, org: nvidia}}
   - {{name: site-2, type: client, org: nvidia}}
