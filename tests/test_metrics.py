@@ -49,4 +49,4 @@ def test_non_finite_values_are_not_refused_on_the_client() -> None:
 def test_flip_apps_may_pass_their_backend() -> None:
     # FLIP apps call send_metrics_value(..., flip=self.flip): accepted (no TypeError), reaches the engine check
     with pytest.raises(ValueError, match="fl_ctx has no engine"):
-        send_metrics_value("LOSS_FUNCTION", 0.5, NoEngine(), 1, flip=object())  # type: ignore[arg-type]
+        send_metrics_value("LOSS_FUNCTION", 0.5, NoEngine(), 1, flip=object())  # type: ignore[arg-type,unused-ignore]
