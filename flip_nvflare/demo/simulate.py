@@ -137,8 +137,30 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            pass
+            return
+        _wait_for_group_exit(process.pid, timeout=10.0)
         return
+
+
+def _wait_for_group_exit(group: int, timeout: float) -> None:
+    """Wait until no live (non-zombie) process of ``group`` is left, as far as ``/proc`` shows."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for entry in proc.glob("[0-9]*"):
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
