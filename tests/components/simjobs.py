@@ -491,6 +491,34 @@ def dual_sides(root: Path) -> tuple[FlipSide, FlipSide]:
     return dev, prod
 
 
+@dataclass
+class DualRun:
+    """A finished run that reported to a dev ledger (``dev``) and to the shared emulated hub (``prod``)."""
+
+    result: RunResult
+    hub: EmulatorHandle
+    model_id: str
+    dev: FlipSide
+    prod: FlipSide
+    root: Path
+
+
+def plan_dual_run(ctx: PlanContext, name: str, **job_args: Any) -> PlannedRun:
+    """Plan a WidgetJob named ``name`` with a dev and a prod side, for a model linked to two trusts."""
+    root = ctx.tmp(name)
+    model = ctx.hub.register_model(trusts=("Trust_1", "Trust_2"))
+    dev, prod = dual_sides(root)
+    job = WidgetJob(root=root, model_id=model.model_id, sides=[dev, prod], **job_args)
+    data = {"hub": ctx.hub, "model_id": model.model_id, "dev": dev, "prod": prod, "root": root}
+    return PlannedRun(job, ctx.hub.env(), data)
+
+
+def dual_run(pool: RunPool, name: str) -> DualRun:
+    """The finished run planned as ``name`` by :func:`plan_dual_run`."""
+    planned, result = pool.result(name)
+    return DualRun(result=result, **planned.data)
+
+
 def download_results(env: dict[str, str], key: str, destination: Path) -> Path:
     """Download one results zip from the emulator's S3."""
     import boto3

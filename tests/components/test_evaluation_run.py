@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from flip_nvflare.emulator.testing import EmulatorHandle
 from tests.components.simjobs import (
-    FlipSide,
+    DualRun,
     PlanContext,
     PlannedRun,
     RunPool,
-    RunResult,
-    WidgetJob,
     download_results,
-    dual_sides,
+    dual_run,
     metric_key,
+    plan_dual_run,
     planned_run,
     zip_json,
     zip_names,
@@ -29,40 +25,24 @@ from tests.components.simjobs import (
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class EvaluationRun:
-    result: RunResult
-    hub: EmulatorHandle
-    model_id: str
-    dev: FlipSide
-    prod: FlipSide
-    root: Path
-
-
 @planned_run("evaluation", seconds=25)
 def plan(ctx: PlanContext) -> PlannedRun:
-    root = ctx.tmp("evaluation-run")
-    model = ctx.hub.register_model(trusts=("Trust_1", "Trust_2"))
-    dev, prod = dual_sides(root)
-    job = WidgetJob(root=root, model_id=model.model_id, sides=[dev, prod], evaluation=True, client_api_eval=True)
-    data = {"hub": ctx.hub, "model_id": model.model_id, "dev": dev, "prod": prod, "root": root}
-    return PlannedRun(job, ctx.hub.env(), data)
+    return plan_dual_run(ctx, "evaluation-run", evaluation=True, client_api_eval=True)
 
 
 @pytest.fixture(scope="module")
-def run(widget_runs: RunPool) -> EvaluationRun:
-    planned, result = widget_runs.result("evaluation")
-    return EvaluationRun(result=result, **planned.data)
+def run(widget_runs: RunPool) -> DualRun:
+    return dual_run(widget_runs, "evaluation")
 
 
-def test_evaluation_job_reports_the_lifecycle(run: EvaluationRun) -> None:
+def test_evaluation_job_reports_the_lifecycle(run: DualRun) -> None:
     assert run.result.return_code == 0, run.result.server_log()[-3000:]
     assert run.hub.records(run.model_id).status_names() == ["INITIATED", "PREPARED", "RUNNING", "RESULTS_UPLOADED"]
     dev = [r["status"] for r in run.result.dev_ledger(run.dev, "status.jsonl")]
     assert dev == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
 
 
-def test_summary_writer_metrics_of_a_stock_script_reach_the_hub(run: EvaluationRun) -> None:
+def test_summary_writer_metrics_of_a_stock_script_reach_the_hub(run: DualRun) -> None:
     # what eval_script.py logs with NVFlare's SummaryWriter (the evaluated model is all 5.0)
     expected = Counter(
         metric_key({"site": site, "label": label, "round": 0, "value": value, "x_value": x, "x_label": x_label})
@@ -79,11 +59,11 @@ def test_summary_writer_metrics_of_a_stock_script_reach_the_hub(run: EvaluationR
     assert Counter(metric_key(m, "fl_client_name") for m in dev_metrics) == expected
 
 
-def test_no_round_events_for_a_job_without_rounds(run: EvaluationRun) -> None:
+def test_no_round_events_for_a_job_without_rounds(run: DualRun) -> None:
     assert run.hub.records(run.model_id).logs == []
 
 
-def test_evaluation_results_are_uploaded(run: EvaluationRun) -> None:
+def test_evaluation_results_are_uploaded(run: DualRun) -> None:
     (key,) = run.hub.results(run.model_id)
     assert re.fullmatch(rf"{run.model_id}/\d{{8}}_\d{{6}}\.zip", key)
     path = download_results(run.hub.env(), key, run.root / "downloaded.zip")

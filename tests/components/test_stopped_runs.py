@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from flip_nvflare.emulator.testing import EmulatorHandle
 from tests.components.simjobs import (
+    DualRun,
     FlipSide,
     PlanContext,
     PlannedRun,
     RunPool,
-    RunResult,
-    WidgetJob,
-    dual_sides,
+    dual_run,
     metric_key,
+    plan_dual_run,
     planned_run,
 )
 
@@ -30,47 +28,30 @@ pytestmark = pytest.mark.e2e
 FAILURE_LINE = "ValueError: training loss diverged at epoch 1"
 
 
-@dataclass
-class StoppedRun:
-    result: RunResult
-    hub: EmulatorHandle
-    model_id: str
-    dev: FlipSide
-    prod: FlipSide
-
-
-def _plan(ctx: PlanContext, name: str, **job_args: Any) -> PlannedRun:
-    root = ctx.tmp(name)
-    model = ctx.hub.register_model(trusts=("Trust_1", "Trust_2"))
-    dev, prod = dual_sides(root)
-    job = WidgetJob(root=root, model_id=model.model_id, sides=[dev, prod], rounds=2, **job_args)
-    return PlannedRun(job, ctx.hub.env(), {"hub": ctx.hub, "model_id": model.model_id, "dev": dev, "prod": prod})
-
-
 @planned_run("aborted", seconds=23)
 def plan_aborted(ctx: PlanContext) -> PlannedRun:
     extras = [{"id": "abort_at", "path": "flip_widgets_app.AbortAt", "args": {"round": 1}}]
-    return _plan(ctx, "aborted-run", server_extras=extras, trainer_args={"epoch_sleep": 0.5}, controller="fedavg")
+    return plan_dual_run(
+        ctx, "aborted-run", rounds=2, server_extras=extras, trainer_args={"epoch_sleep": 0.5}, controller="fedavg"
+    )
 
 
 @planned_run("failed", seconds=20)
 def plan_failed(ctx: PlanContext) -> PlannedRun:
-    return _plan(ctx, "failed-run", trainer_args={"fail_round": 1, "fail_site": "site-2"})
+    return plan_dual_run(ctx, "failed-run", rounds=2, trainer_args={"fail_round": 1, "fail_site": "site-2"})
 
 
 @pytest.fixture(scope="module")
-def aborted(widget_runs: RunPool) -> StoppedRun:
-    planned, result = widget_runs.result("aborted")
-    return StoppedRun(result=result, **planned.data)
+def aborted(widget_runs: RunPool) -> DualRun:
+    return dual_run(widget_runs, "aborted")
 
 
 @pytest.fixture(scope="module")
-def failed(widget_runs: RunPool) -> StoppedRun:
-    planned, result = widget_runs.result("failed")
-    return StoppedRun(result=result, **planned.data)
+def failed(widget_runs: RunPool) -> DualRun:
+    return dual_run(widget_runs, "failed")
 
 
-def _summary(run: StoppedRun, side: FlipSide) -> dict[str, Any]:
+def _summary(run: DualRun, side: FlipSide) -> dict[str, Any]:
     summary: dict[str, Any] = json.loads((run.result.results_folder(side) / "run_summary.json").read_text())
     return summary
 
@@ -78,13 +59,13 @@ def _summary(run: StoppedRun, side: FlipSide) -> dict[str, Any]:
 # ---------------------------------------------------------------------- aborted
 
 
-def test_aborted_run_ends_with_stopped(aborted: StoppedRun) -> None:
+def test_aborted_run_ends_with_stopped(aborted: DualRun) -> None:
     assert aborted.hub.records(aborted.model_id).status_names() == ["INITIATED", "PREPARED", "RUNNING", "STOPPED"]
     dev = [r["status"] for r in aborted.result.dev_ledger(aborted.dev, "status.jsonl")]
     assert dev == ["INITIATED", "PREPARED", "TRAINING_STARTED", "STOPPED"]
 
 
-def test_aborted_run_uploads_nothing_and_keeps_its_results(aborted: StoppedRun) -> None:
+def test_aborted_run_uploads_nothing_and_keeps_its_results(aborted: DualRun) -> None:
     assert aborted.hub.records(aborted.model_id).model is not None
     assert aborted.hub.results(aborted.model_id) == []
     assert aborted.result.dev_zips(aborted.dev) == []
@@ -97,7 +78,7 @@ def test_aborted_run_uploads_nothing_and_keeps_its_results(aborted: StoppedRun) 
     assert "its results are not uploaded; they are kept in" in aborted.result.server_log()
 
 
-def test_metrics_reach_the_hub_once_and_nothing_received_is_left_behind(aborted: StoppedRun) -> None:
+def test_metrics_reach_the_hub_once_and_nothing_received_is_left_behind(aborted: DualRun) -> None:
     # NVFlare stops firing incoming federated events once a run is aborted, so metrics a client sends
     # after the abort may never reach the server; everything the server did receive must arrive once.
     sent = Counter(metric_key(m) for m in aborted.result.client_metrics())
@@ -109,7 +90,7 @@ def test_metrics_reach_the_hub_once_and_nothing_received_is_left_behind(aborted:
     assert " NOT delivered" not in aborted.result.server_log()
 
 
-def test_round_progress_of_fedavg_reaches_the_hub(aborted: StoppedRun) -> None:
+def test_round_progress_of_fedavg_reaches_the_hub(aborted: DualRun) -> None:
     events = [log for log in aborted.hub.records(aborted.model_id).logs if log.event_type]
     first = [(e.event_type, e.fl_client_name) for e in events if e.global_round == 1]
     assert first[0] == ("ROUND_STARTED", None) and first[-1] == ("ROUND_AGGREGATED", None)
@@ -122,14 +103,14 @@ def test_round_progress_of_fedavg_reaches_the_hub(aborted: StoppedRun) -> None:
 # ---------------------------------------------------------------------- a client's trainer raises
 
 
-def test_client_failure_ends_the_run_with_error(failed: StoppedRun) -> None:
+def test_client_failure_ends_the_run_with_error(failed: DualRun) -> None:
     assert failed.result.return_code != 0  # the simulator reports the fatal error
     assert failed.hub.records(failed.model_id).status_names() == ["INITIATED", "PREPARED", "RUNNING", "ERROR"]
     dev = [r["status"] for r in failed.result.dev_ledger(failed.dev, "status.jsonl")]
     assert dev == ["INITIATED", "PREPARED", "TRAINING_STARTED", "ERROR"]
 
 
-def test_client_exception_text_reaches_the_hub_logs_for_its_trust(failed: StoppedRun) -> None:
+def test_client_exception_text_reaches_the_hub_logs_for_its_trust(failed: DualRun) -> None:
     logs = [log for log in failed.hub.records(failed.model_id).logs if log.log is not None]
     assert len(logs) == 1
     (log,) = logs
@@ -143,7 +124,7 @@ def test_client_exception_text_reaches_the_hub_logs_for_its_trust(failed: Stoppe
     assert dev_logs[0]["log"] == log.log
 
 
-def test_failed_run_keeps_its_results_and_records_the_client_error(failed: StoppedRun) -> None:
+def test_failed_run_keeps_its_results_and_records_the_client_error(failed: DualRun) -> None:
     assert failed.hub.results(failed.model_id) == []
     summary = _summary(failed, failed.prod)
     assert summary["outcome"] == "failed" and "site-2" in summary["failure"]

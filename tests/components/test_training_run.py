@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flip_nvflare.emulator.testing import EmulatorHandle
 from tests.components.simjobs import (
-    FlipSide,
+    DualRun,
     PlanContext,
     PlannedRun,
     RunPool,
-    RunResult,
-    WidgetJob,
     download_results,
-    dual_sides,
+    dual_run,
     metric_key,
+    plan_dual_run,
     planned_run,
     zip_json,
     zip_names,
@@ -30,37 +27,21 @@ from tests.components.simjobs import (
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class TrainingRun:
-    result: RunResult
-    hub: EmulatorHandle
-    model_id: str
-    dev: FlipSide
-    prod: FlipSide
-    root: Path
-
-
 @planned_run("training", seconds=20)
 def plan(ctx: PlanContext) -> PlannedRun:
-    root = ctx.tmp("training-run")
-    model = ctx.hub.register_model(trusts=("Trust_1", "Trust_2"))
-    dev, prod = dual_sides(root)
-    job = WidgetJob(root=root, model_id=model.model_id, sides=[dev, prod], rounds=2)
-    data = {"hub": ctx.hub, "model_id": model.model_id, "dev": dev, "prod": prod, "root": root}
-    return PlannedRun(job, ctx.hub.env(), data)
+    return plan_dual_run(ctx, "training-run", rounds=2)
 
 
 @pytest.fixture(scope="module")
-def run(widget_runs: RunPool) -> TrainingRun:
-    planned, result = widget_runs.result("training")
-    return TrainingRun(result=result, **planned.data)
+def run(widget_runs: RunPool) -> DualRun:
+    return dual_run(widget_runs, "training")
 
 
-def test_the_run_completes(run: TrainingRun) -> None:
+def test_the_run_completes(run: DualRun) -> None:
     assert run.result.return_code == 0, run.result.server_log()[-3000:]
 
 
-def test_status_sequence_on_the_hub_and_in_the_dev_ledger(run: TrainingRun) -> None:
+def test_status_sequence_on_the_hub_and_in_the_dev_ledger(run: DualRun) -> None:
     hub = run.hub.records(run.model_id)
     assert hub.status_names() == ["INITIATED", "PREPARED", "RUNNING", "RESULTS_UPLOADED"]
     assert all(s.applied for s in hub.statuses)
@@ -68,7 +49,7 @@ def test_status_sequence_on_the_hub_and_in_the_dev_ledger(run: TrainingRun) -> N
     assert dev == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
 
 
-def test_every_metric_a_client_sent_arrives_once_with_its_trust_and_round(run: TrainingRun) -> None:
+def test_every_metric_a_client_sent_arrives_once_with_its_trust_and_round(run: DualRun) -> None:
     sent = run.result.client_metrics()
     # both ways in: the FLIP helper (with and without an x-axis) and NVFlare's AnalyticsSender
     assert {"train_loss", "LOSS_FUNCTION", "val_score", "accuracy", "scores/dice", "scores/iou"} <= {
@@ -87,7 +68,7 @@ def test_every_metric_a_client_sent_arrives_once_with_its_trust_and_round(run: T
     assert all(m["trust"] == f"Trust_{m['fl_client_name'][-1]}" for m in dev_metrics)
 
 
-def test_progress_events_reach_the_h2_hub_in_round_order(run: TrainingRun) -> None:
+def test_progress_events_reach_the_h2_hub_in_round_order(run: DualRun) -> None:
     events = [log for log in run.hub.records(run.model_id).logs if log.event_type]
     assert all(log.log is None for log in run.hub.records(run.model_id).logs)  # no client failure
     for round_number in (1, 2):
@@ -123,7 +104,7 @@ def _check_results_zip(path: Path, hub_api: str | None) -> None:
     np.testing.assert_allclose(model, initial + 2.0)  # two rounds of +1 on each client, averaged
 
 
-def test_results_zip_in_s3_under_the_model_key_with_model_and_cross_site_results(run: TrainingRun) -> None:
+def test_results_zip_in_s3_under_the_model_key_with_model_and_cross_site_results(run: DualRun) -> None:
     keys = run.hub.results(run.model_id)
     assert len(keys) == 1
     assert re.fullmatch(rf"{run.model_id}/\d{{8}}_\d{{6}}\.zip", keys[0]), keys
@@ -131,13 +112,13 @@ def test_results_zip_in_s3_under_the_model_key_with_model_and_cross_site_results
     _check_results_zip(path, "h2")
 
 
-def test_dev_mode_writes_the_same_results_zip_locally(run: TrainingRun) -> None:
+def test_dev_mode_writes_the_same_results_zip_locally(run: DualRun) -> None:
     zips = run.result.dev_zips(run.dev)
     assert len(zips) == 1 and zips[0].parent.name == run.model_id
     _check_results_zip(zips[0], None)
 
 
-def test_job_folders_are_removed_after_the_upload(run: TrainingRun) -> None:
+def test_job_folders_are_removed_after_the_upload(run: DualRun) -> None:
     run_dir = run.result.job.server_run_dir
     assert not run.result.results_folder(run.dev).exists()
     assert not run.result.results_folder(run.prod).exists()
