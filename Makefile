@@ -23,8 +23,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flip_nvflare tests bench
-	$(VENV)/bin/ruff format --check flip_nvflare tests bench
+	$(VENV)/bin/ruff check flip_nvflare flip_emulator flip_nvflare_demo tests bench
+	$(VENV)/bin/ruff format --check flip_nvflare flip_emulator flip_nvflare_demo tests bench
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -1,6 +1,6 @@
 """Benchmark: bringing a cohort's images to a trust, prepared (bounded concurrency) vs one at a time.
 
-The FLIP emulator runs in its own process (``flip_nvflare.emulator.testing.start_emulator``) and
+The FLIP emulator runs in its own process (``flip_emulator.handle.start_emulator``) and
 serves image downloads concurrently (no per-trust limit) with 50 ms of latency per non-cached
 download, like a PACS/XNAT fetch. 100 accessions of its synthetic population are fetched with
 ``FLIPStandardProd.get_by_accession_number``:
@@ -38,7 +38,7 @@ QUERY = "SELECT accession_id FROM omop.image_occurrence"
 
 def main() -> bool:
     """Run the benchmark, print its report, and return whether the target was met."""
-    from flip_nvflare.emulator.testing import start_emulator
+    from flip_emulator.handle import start_emulator
     from flip_nvflare.executors.claims import CLAIMS_DIR, ImageClaims, make_claim_token
     from flip_nvflare.executors.cohort import DEFAULT_CONCURRENCY
     from flip_nvflare.executors.downloads import ImageFetcher

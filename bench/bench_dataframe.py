@@ -145,7 +145,7 @@ def measure(variant: str, url: str) -> None:
     import pandas as pd
 
     from flip_nvflare.core import frames
-    from flip_nvflare.core.standard import FLIPStandardProd
+    from flip_nvflare.core.prod import FLIPStandardProd
 
     decoding = [0.0]  # seconds spent decoding (after the body has arrived)
 

@@ -1,6 +1,6 @@
 """Hub delivery of metrics: time on NVFlare's event thread, and end-to-end throughput.
 
-The emulated hub (flip_nvflare.emulator, over loopback) answers every metrics request after an
+The emulated hub (flip_emulator, over loopback) answers every metrics request after an
 added 50 ms, like a remote flip-api. Both sides send the same metrics:
 
 * baseline: what a naive component does on the event thread, one synchronous POST per metric,
@@ -65,11 +65,11 @@ def _baseline(hub: Any, model_id: str) -> tuple[list[float], float]:
 
 def _flip(hub: Any, model_id: str) -> tuple[list[float], float]:
     """The MetricsForwarder on the event thread; returns per-event seconds and time until all delivered."""
-    from flip_nvflare.components.backend import SERVER_CALL_RETRY
+    from flip_nvflare.backend import SERVER_CALL_RETRY
     from flip_nvflare.components.metrics import MetricsForwarder
     from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
     from flip_nvflare.constants import FlipEvents
-    from flip_nvflare.core.standard import FLIPStandardProd
+    from flip_nvflare.core.prod import FLIPStandardProd
 
     backend = FLIPStandardProd(env=hub.env(), retry=SERVER_CALL_RETRY)
     session = HubSession(
@@ -103,7 +103,7 @@ def main() -> bool:
     """Run both sides against the emulated hub and print the report; True if both targets are met."""
     import logging
 
-    from flip_nvflare.emulator.testing import start_emulator
+    from flip_emulator.handle import start_emulator
 
     logging.disable(logging.INFO)  # per-request logs would be timed too
     with tempfile.TemporaryDirectory() as tmp, start_emulator(Path(tmp), hub_api="h2", s3=False) as hub:

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "FLIPBase": "flip_nvflare.core.base",
-    "FLIPStandardDev": "flip_nvflare.core.standard",
-    "FLIPStandardProd": "flip_nvflare.core.standard",
+    "FLIPStandardDev": "flip_nvflare.core.dev",
+    "FLIPStandardProd": "flip_nvflare.core.prod",
     "ModelStatus": "flip_nvflare.constants",
     "ResourceType": "flip_nvflare.constants",
     "JobType": "flip_nvflare.constants",
@@ -28,28 +28,22 @@ _EXPORTS: dict[str, str] = {
     "prepared_cohort": "flip_nvflare.client",
 }
 
-__all__ = [
-    "FLIP",
-    "FLIPBase",
-    "FLIPStandardDev",
-    "FLIPStandardProd",
-    "FlipError",
-    "HubApi",
-    "JobType",
-    "ModelStatus",
-    "PTConstants",
-    "ResourceType",
-    "get_model_weights_diff",
-    "prepared_cohort",
-    "send_metrics_value",
-]
+__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from flip_nvflare.client import FLIP, get_model_weights_diff, prepared_cohort, send_metrics_value
-    from flip_nvflare.constants import HubApi, JobType, ModelStatus, PTConstants, ResourceType
-    from flip_nvflare.core.base import FLIPBase
-    from flip_nvflare.core.standard import FLIPStandardDev, FLIPStandardProd
-    from flip_nvflare.errors import FlipError
+    from flip_nvflare.client import FLIP as FLIP
+    from flip_nvflare.client import get_model_weights_diff as get_model_weights_diff
+    from flip_nvflare.client import prepared_cohort as prepared_cohort
+    from flip_nvflare.client import send_metrics_value as send_metrics_value
+    from flip_nvflare.constants import HubApi as HubApi
+    from flip_nvflare.constants import JobType as JobType
+    from flip_nvflare.constants import ModelStatus as ModelStatus
+    from flip_nvflare.constants import PTConstants as PTConstants
+    from flip_nvflare.constants import ResourceType as ResourceType
+    from flip_nvflare.core.base import FLIPBase as FLIPBase
+    from flip_nvflare.core.dev import FLIPStandardDev as FLIPStandardDev
+    from flip_nvflare.core.prod import FLIPStandardProd as FLIPStandardProd
+    from flip_nvflare.errors import FlipError as FlipError
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

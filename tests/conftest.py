@@ -1,3 +1,1 @@
-"""Shared pytest set-up."""
-
-pytest_plugins = ["flip_nvflare.emulator.testing"]
+"""Shared pytest set-up. The emulator fixtures come from flip_emulator's pytest11 plugin (an entry point)."""

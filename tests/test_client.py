@@ -10,7 +10,7 @@ import pytest
 
 from flip_nvflare import client
 from flip_nvflare.client import FLIP, get_model_weights_diff, prepared_cohort, using_backend, using_run_dir
-from flip_nvflare.core.standard import FLIPStandardDev
+from flip_nvflare.core.dev import FLIPStandardDev
 from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.executors.manifest import PreparedCohortError
 

@@ -44,7 +44,8 @@ def test_public_api_names() -> None:
     import flip_nvflare
     from flip_nvflare.constants import JobType, ModelStatus, ResourceType
     from flip_nvflare.core.base import FLIPBase
-    from flip_nvflare.core.standard import FLIPStandardDev, FLIPStandardProd
+    from flip_nvflare.core.dev import FLIPStandardDev
+    from flip_nvflare.core.prod import FLIPStandardProd
 
     assert flip_nvflare.FLIPBase is FLIPBase
     assert flip_nvflare.FLIPStandardProd is FLIPStandardProd

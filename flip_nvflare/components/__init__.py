@@ -1,7 +1,8 @@
-"""Server-side (Central Hub) NVFlare components, and the FlipBackend every FLIP job config has.
+"""Server-side (Central Hub) NVFlare components: the widgets that report a run to the hub.
 
 Job configs reference them by this package's path, e.g.
-``"path": "flip_nvflare.components.StatusReporter"``. Names are loaded on first use, so importing
+``"path": "flip_nvflare.components.StatusReporter"``. The FlipBackend component both sides use
+lives in :mod:`flip_nvflare.backend`. Names are loaded on first use, so importing
 one submodule (e.g. the NVFlare-free ``delivery``) does not import the others.
 """
 
@@ -12,9 +13,6 @@ from typing import TYPE_CHECKING
 from flip_nvflare._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
-    "FlipBackend": "flip_nvflare.components.backend",
-    "get_flip_backend": "flip_nvflare.components.backend",
-    "get_hub_session": "flip_nvflare.components.backend",
     "StatusReporter": "flip_nvflare.components.status",
     "MetricsForwarder": "flip_nvflare.components.metrics",
     "ProgressReporter": "flip_nvflare.components.progress",
@@ -24,33 +22,29 @@ _EXPORTS: dict[str, str] = {
     "EvaluationJsonGenerator": "flip_nvflare.components.result_json",
     "HubSession": "flip_nvflare.components.session",
     "HubDelivery": "flip_nvflare.components.delivery",
+    "EvaluationReporter": "flip_nvflare.components.evaluation_report",
 }
 
-__all__ = [
-    "EvaluationJsonGenerator",
-    "ExceptionForwarder",
-    "FlipBackend",
-    "HubDelivery",
-    "HubSession",
-    "MetricsForwarder",
-    "ProgressReporter",
-    "ResultsUploader",
-    "StatusReporter",
-    "ValidationJsonGenerator",
-    "get_flip_backend",
-    "get_hub_session",
-]
+#: Names this package used to export, each with its new path (they work until the next release).
+MOVED: dict[str, str] = {
+    "FlipBackend": "flip_nvflare.backend.FlipBackend",
+    "get_flip_backend": "flip_nvflare.backend.get_flip_backend",
+    "get_hub_session": "flip_nvflare.backend.get_hub_session",
+}
+
+__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from flip_nvflare.components.backend import FlipBackend, get_flip_backend, get_hub_session
-    from flip_nvflare.components.delivery import HubDelivery
-    from flip_nvflare.components.exceptions import ExceptionForwarder
-    from flip_nvflare.components.metrics import MetricsForwarder
-    from flip_nvflare.components.progress import ProgressReporter
-    from flip_nvflare.components.result_json import EvaluationJsonGenerator, ValidationJsonGenerator
-    from flip_nvflare.components.results import ResultsUploader
-    from flip_nvflare.components.session import HubSession
-    from flip_nvflare.components.status import StatusReporter
+    from flip_nvflare.components.delivery import HubDelivery as HubDelivery
+    from flip_nvflare.components.evaluation_report import EvaluationReporter as EvaluationReporter
+    from flip_nvflare.components.exceptions import ExceptionForwarder as ExceptionForwarder
+    from flip_nvflare.components.metrics import MetricsForwarder as MetricsForwarder
+    from flip_nvflare.components.progress import ProgressReporter as ProgressReporter
+    from flip_nvflare.components.result_json import EvaluationJsonGenerator as EvaluationJsonGenerator
+    from flip_nvflare.components.result_json import ValidationJsonGenerator as ValidationJsonGenerator
+    from flip_nvflare.components.results import ResultsUploader as ResultsUploader
+    from flip_nvflare.components.session import HubSession as HubSession
+    from flip_nvflare.components.status import StatusReporter as StatusReporter
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, moved=MOVED)

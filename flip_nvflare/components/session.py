@@ -1,7 +1,7 @@
 """The hub side of one FLIP job on the server: backend, delivery, run journal and trust names.
 
 A :class:`HubSession` is built by the job's FlipBackend component the first time a hub widget asks
-for it (see :func:`flip_nvflare.components.backend.get_hub_session`). Every widget that uses it
+for it (see :func:`flip_nvflare.backend.get_hub_session`). Every widget that uses it
 holds a reference from START_RUN to END_RUN; when the last one lets go, queued hub calls are
 drained within the deadline, whatever is left is logged, and the backend is closed. This makes the
 end of a run independent of the order of the components in the job config. If the process exits

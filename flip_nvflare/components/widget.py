@@ -16,7 +16,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from flip_nvflare.components.backend import get_hub_session
+from flip_nvflare.backend import get_hub_session
 from flip_nvflare.components.session import HubSession, RunOutcome
 from flip_nvflare.constants import DEFAULT_FLIP_ID
 from flip_nvflare.errors import FlipConfigError, FlipError

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _MAX_X_LABEL = 64
+#: Longest exception text sent to the hub's logs (both backends cut it here).
+MAX_LOG_CHARS = 64 * 1024
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 _SITE_NAME = re.compile(r"site-(\d+)")
 
@@ -150,6 +152,14 @@ def metric_body(
     if x_label is not None:
         body["x_label"] = x_label
     return body
+
+
+def capped_log_text(formatted_exception: object) -> str:
+    """The exception text sent to the hub's logs, cut at :data:`MAX_LOG_CHARS` with a visible marker."""
+    text = str(formatted_exception)
+    if len(text) > MAX_LOG_CHARS:
+        return text[:MAX_LOG_CHARS] + "\n[truncated]"
+    return text
 
 
 def default_trust_name(client_name: str) -> str:

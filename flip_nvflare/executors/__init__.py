@@ -20,22 +20,16 @@ _EXPORTS: dict[str, str] = {
     "PreparedCohort": "flip_nvflare.executors.manifest",
 }
 
-__all__ = [
-    "CohortPreparer",
-    "EvaluatorRunner",
-    "ImageCleanup",
-    "PreparedCohort",
-    "Sanitizer",
-    "TrainerRunner",
-    "ValidatorRunner",
-]
+__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from flip_nvflare.executors.cleanup import ImageCleanup
-    from flip_nvflare.executors.cohort import CohortPreparer
-    from flip_nvflare.executors.manifest import PreparedCohort
-    from flip_nvflare.executors.runners import EvaluatorRunner, TrainerRunner, ValidatorRunner
-    from flip_nvflare.executors.sanitize import Sanitizer
+    from flip_nvflare.executors.cleanup import ImageCleanup as ImageCleanup
+    from flip_nvflare.executors.cohort import CohortPreparer as CohortPreparer
+    from flip_nvflare.executors.manifest import PreparedCohort as PreparedCohort
+    from flip_nvflare.executors.runners import EvaluatorRunner as EvaluatorRunner
+    from flip_nvflare.executors.runners import TrainerRunner as TrainerRunner
+    from flip_nvflare.executors.runners import ValidatorRunner as ValidatorRunner
+    from flip_nvflare.executors.sanitize import Sanitizer as Sanitizer
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -34,7 +34,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
-from flip_nvflare.components.backend import get_flip_backend
+from flip_nvflare.backend import get_flip_backend
 from flip_nvflare.constants import DEFAULT_FLIP_ID, ResourceType
 from flip_nvflare.core.base import FLIPBase, as_resource_types, check_accession_id
 from flip_nvflare.errors import FlipConfigError, FlipError

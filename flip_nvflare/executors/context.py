@@ -7,7 +7,8 @@ from pathlib import Path
 from nvflare.apis.fl_context import FLContext
 
 from flip_nvflare.core.base import FLIPBase
-from flip_nvflare.core.standard import FLIPStandardDev, FLIPStandardProd
+from flip_nvflare.core.dev import FLIPStandardDev
+from flip_nvflare.core.prod import FLIPStandardProd
 from flip_nvflare.errors import FlipConfigError
 
 

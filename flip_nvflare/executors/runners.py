@@ -39,8 +39,8 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
+from flip_nvflare.backend import get_flip_backend
 from flip_nvflare.client import using_backend, using_run_dir
-from flip_nvflare.components.backend import get_flip_backend
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipTasks
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipError

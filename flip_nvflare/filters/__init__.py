@@ -13,10 +13,10 @@ _EXPORTS: dict[str, str] = {
     "PercentilePrivacy": "flip_nvflare.filters.percentile_privacy",
 }
 
-__all__ = ["PercentilePrivacy"]
+__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from flip_nvflare.filters.percentile_privacy import PercentilePrivacy
+    from flip_nvflare.filters.percentile_privacy import PercentilePrivacy as PercentilePrivacy
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flip_nvflare.emulator.testing import EmulatorHandle, start_emulator
+from flip_emulator.handle import EmulatorHandle, start_emulator
 
 APP_SOURCE = Path(__file__).parent / "jobs" / "flip_widgets_app.py"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ class FlipSide:
             uploader["include"] = self.include
         generator = "EvaluationJsonGenerator" if evaluation else "ValidationJsonGenerator"
         return [
-            {"id": self.flip_id, "path": "flip_nvflare.components.FlipBackend", "args": backend_args},
+            {"id": self.flip_id, "path": "flip_nvflare.backend.FlipBackend", "args": backend_args},
             comp("status", "StatusReporter", flip_id=self.flip_id),
             comp("metrics", "MetricsForwarder", flip_id=self.flip_id),
             comp("progress", "ProgressReporter", flip_id=self.flip_id),
@@ -252,7 +252,7 @@ class WidgetJob:
             "task_result_filters": [],
             "task_data_filters": [],
             "components": [
-                {"id": "flip", "path": "flip_nvflare.components.FlipBackend", "args": {"mode": "{flip_mode}"}},
+                {"id": "flip", "path": "flip_nvflare.backend.FlipBackend", "args": {"mode": "{flip_mode}"}},
                 {"id": "analytics_sender", "path": "nvflare.app_common.widgets.streaming.AnalyticsSender"},
                 {
                     "id": "event_to_fed",

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from flip_nvflare.components import FlipBackend
+from flip_nvflare.backend import FlipBackend
 from flip_nvflare.errors import FlipConfigError
 from tests.components.simjobs import FlipSide, PlanContext, PlannedRun, RunPool, WidgetJob, planned_run
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from flip_nvflare.emulator.testing import EmulatorHandle, start_emulator
+from flip_emulator.handle import EmulatorHandle, start_emulator
 from tests.components.simjobs import (
     FlipSide,
     PlanContext,

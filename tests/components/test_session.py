@@ -94,7 +94,7 @@ def test_queued_calls_are_delivered_when_the_process_exits_before_the_run_ends(t
         f"""
         from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
         from flip_nvflare.constants import ModelStatus
-        from flip_nvflare.core.standard import FLIPStandardDev
+        from flip_nvflare.core.dev import FLIPStandardDev
 
         session = HubSession(FLIPStandardDev(output_dir={str(tmp_path)!r}), model_id={MODEL_ID!r},
                              trust_names=TrustNames(), hub_api=None, settings=SessionSettings(), flip_mode="dev")

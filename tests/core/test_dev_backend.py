@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from flip_nvflare.constants import ModelStatus, ResourceType
-from flip_nvflare.core.standard import FLIPStandardDev
+from flip_nvflare.core.dev import FLIPStandardDev
 from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument, FlipInvalidResponse, FlipMissingData
 
 MODEL = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

@@ -16,10 +16,10 @@ from typing import Any
 import boto3
 import pytest
 
+from flip_emulator.handle import EmulatorHandle
 from flip_nvflare.constants import ModelStatus, ResourceType
 from flip_nvflare.core.http import RetryPolicy, join_url
-from flip_nvflare.core.standard import FLIPStandardProd
-from flip_nvflare.emulator.testing import EmulatorHandle
+from flip_nvflare.core.prod import FLIPStandardProd
 from flip_nvflare.errors import (
     FlipAuthenticationError,
     FlipInvalidArgument,

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from flip_emulator.handle import EmulatorHandle, RegisteredModel, start_emulator
+from flip_emulator.store import ModelRecords
 from flip_nvflare.constants import JobType
-from flip_nvflare.demo.data import DemoData, generate_demo_data
-from flip_nvflare.demo.simulate import SimulationResult
-from flip_nvflare.emulator.store import ModelRecords
-from flip_nvflare.emulator.testing import EmulatorHandle, RegisteredModel, start_emulator
 from flip_nvflare.jobs.create import JobRequest, create_job
+from flip_nvflare_demo.data import DemoData, generate_demo_data
+from flip_nvflare_demo.simulate import SimulationResult
 from tests.e2e.jobtools import PROD_QUERY, ZipContent, copy_app, read_zip, rewrite_keys, simulate
 from tests.e2e.poc import PocDeployment
 
@@ -84,7 +84,7 @@ def prod_run(
         records = emulator.records(model.model_id)
         keys = emulator.results(model.model_id)
         assert keys, f"no results zip in S3 for {model.model_id}"
-        from flip_nvflare.demo.report import read_s3_object
+        from flip_nvflare_demo.report import read_s3_object
 
         bucket = str(emulator.bucket).removeprefix("s3://").split("/", 1)[0]
         content = read_zip(read_s3_object(emulator.env(), bucket, sorted(keys)[-1]))
@@ -128,7 +128,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     import contextlib
     import io
 
-    from flip_nvflare.demo.cli import main
+    from flip_nvflare_demo.cli import main
 
     workdir = tmp_path_factory.mktemp("demo")
     output = io.StringIO()

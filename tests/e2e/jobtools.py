@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flip_nvflare.demo.cli import app_dir
-from flip_nvflare.demo.simulate import SimulationResult, run_simulation
+from flip_nvflare_demo.cli import app_dir
+from flip_nvflare_demo.simulate import SimulationResult, run_simulation
 
 JOBPARTS = Path(__file__).parent / "jobparts"
 #: A cohort query on the emulator's synthetic OMOP population: one row per study, labelled 1 when

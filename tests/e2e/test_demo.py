@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from flip_nvflare.demo.cli import DEMO_MODEL_ID
-from flip_nvflare.demo.report import KEY_METRIC, LEARNED, from_dev_ledger
+from flip_nvflare_demo.cli import DEMO_MODEL_ID
+from flip_nvflare_demo.report import KEY_METRIC, LEARNED, from_dev_ledger
 from tests.e2e.conftest import DemoRun
 from tests.e2e.jobtools import load_config, read_zip
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from flip_emulator.handle import EmulatorHandle
 from flip_nvflare.constants import JobType
-from flip_nvflare.demo.cli import DEMO_MODEL_ID
-from flip_nvflare.demo.data import DemoData
-from flip_nvflare.demo.report import LEARNED
-from flip_nvflare.emulator.testing import EmulatorHandle
+from flip_nvflare_demo.cli import DEMO_MODEL_ID
+from flip_nvflare_demo.data import DemoData
+from flip_nvflare_demo.report import LEARNED
 from tests.e2e.conftest import DemoRun, DevRun, ProdRun, prod_run
 from tests.e2e.jobtools import copy_app, dev_ledger, jsonl, load_config, nvflare_job_create, read_zip, simulate
 

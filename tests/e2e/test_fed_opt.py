@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from flip_emulator.handle import EmulatorHandle
 from flip_nvflare.constants import JobType
-from flip_nvflare.demo.data import DemoData
-from flip_nvflare.demo.report import KEY_METRIC, LEARNED, from_dev_ledger
-from flip_nvflare.emulator.testing import EmulatorHandle
 from flip_nvflare.jobs.create import JobRequest, create_job
+from flip_nvflare_demo.data import DemoData
+from flip_nvflare_demo.report import KEY_METRIC, LEARNED, from_dev_ledger
 from tests.e2e.conftest import DevRun, ProdRun, prod_run
 from tests.e2e.jobtools import add_server_component, copy_app, dev_ledger, jsonl, load_config, simulate
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from flip_emulator.handle import EmulatorHandle
 from flip_nvflare.constants import JobType
-from flip_nvflare.emulator.testing import EmulatorHandle
 from flip_nvflare.jobs.create import JobRequest, create_job
 from tests.e2e.conftest import ProdRun, deploy_values
 from tests.e2e.jobtools import copy_app, rewrite_keys
@@ -57,7 +57,7 @@ def test_results_zip_in_s3_matches_the_simulator_run(
 ) -> None:
     (key,) = poc_run["keys"]
     assert key.startswith(f"{poc_run['model'].model_id}/") and key.endswith(".zip")
-    from flip_nvflare.demo.report import read_s3_object
+    from flip_nvflare_demo.report import read_s3_object
     from tests.e2e.jobtools import read_zip
 
     bucket = str(emulator.bucket).removeprefix("s3://").split("/", 1)[0]

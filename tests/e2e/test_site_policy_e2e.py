@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from flip_emulator.handle import EmulatorHandle
 from flip_nvflare.constants import JobType
-from flip_nvflare.emulator.testing import EmulatorHandle
 from flip_nvflare.jobs.create import JobRequest, create_job
 from tests.e2e.conftest import SITE_POLICY_GAMMA, SITE_POLICY_PERCENTILE, deploy_values
 from tests.e2e.jobtools import add_server_component, copy_app, jsonl, load_config, rewrite_keys, set_result_filter_args

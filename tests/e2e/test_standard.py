@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flip_nvflare.demo.report import KEY_METRIC
+from flip_nvflare_demo.report import KEY_METRIC
 from tests.e2e.conftest import ProdRun
 from tests.e2e.jobtools import load_config
 

@@ -107,7 +107,7 @@ class SimJob:
             json.dumps({"name": "flip_test", "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": 2})
         )
         flip_args: dict[str, Any] = {"mode": "{flip_mode}", **self.flip_args}
-        flip = {"id": "flip", "path": "flip_nvflare.components.FlipBackend", "args": flip_args}
+        flip = {"id": "flip", "path": "flip_nvflare.backend.FlipBackend", "args": flip_args}
         client = {
             "format_version": 2,
             "flip_mode": self.mode,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flip_nvflare.core.standard import FLIPStandardDev
+from flip_nvflare.core.dev import FLIPStandardDev
 from flip_nvflare.executors.runners import AppRole, FlipAppError, constructor_kwargs, load_app_class
 
 OFFERED = {"train_task_name": "train", "project_id": "p", "query": "q"}

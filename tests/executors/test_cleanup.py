@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flip_nvflare.core.standard import FLIPStandardProd
+from flip_nvflare.core.prod import FLIPStandardProd
 from flip_nvflare.executors.claims import ImageClaims, make_claim_token
 from flip_nvflare.executors.cleanup import release_images
 from flip_nvflare.executors.manifest import CohortManifest, ImageEntry, Origin, Status

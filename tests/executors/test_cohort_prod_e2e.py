@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flip_nvflare.emulator.store import DownloadRecord
-from flip_nvflare.emulator.testing import EmulatorHandle, start_emulator
+from flip_emulator.handle import EmulatorHandle, start_emulator
+from flip_emulator.store import DownloadRecord
 from flip_nvflare.executors.claims import CLAIMS_DIR
 from tests.executors.simjob import FLIP_STYLE_TRAINER, SimJob, standard_executors
 

@@ -22,13 +22,13 @@ from nvflare.fuel.common.excepts import ConfigError
 from nvflare.private.fed.app.fl_conf import create_privacy_manager
 from nvflare.private.privacy_manager import PrivacyManager, Scope
 
+from flip_nvflare.cli.site_policy import main
 from flip_nvflare.filters.percentile_privacy import PercentilePrivacy
 from flip_nvflare.filters.site_policy import (
     STRICTEST_SCOPE,
     PercentileSetting,
     SitePolicyError,
     load_policy,
-    main,
     parse_policy,
     render_site_policy,
 )

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from flip_nvflare.demo.cli import app_dir
+from flip_nvflare.cli.jobs import check_app_main
 from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.jobs.check import check_app, evaluation_checkpoints, format_problems
-from flip_nvflare.jobs.cli import check_app_main
+from flip_nvflare_demo.cli import app_dir
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from flip_nvflare.cli.jobs import job_main
 from flip_nvflare.constants import FlipMode, JobType
-from flip_nvflare.demo.cli import app_dir
-from flip_nvflare.jobs.cli import job_main
 from flip_nvflare.jobs.create import FlipJobError, JobRequest, create_job
+from flip_nvflare_demo.cli import app_dir
 
 MODEL_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 

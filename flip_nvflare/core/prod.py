@@ -1,0 +1,450 @@
+"""FLIPStandardProd: the FLIP methods against the real FLIP services (flip-api, data-access-api, imaging-api, S3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flip_nvflare.constants import HubApi, ModelStatus, ResourceType
+from flip_nvflare.core.base import (
+    FLIPBase,
+    ResourceTypes,
+    as_model_status,
+    as_resource_types,
+    capped_log_text,
+    check_accession_id,
+    check_model_id,
+    check_text,
+    default_trust_name,
+    metric_body,
+    remove_inside,
+)
+from flip_nvflare.core.http import RetryPolicy, ServiceClient
+from flip_nvflare.core.results import check_results_folder, results_key, upload_zip, zipped
+from flip_nvflare.core.settings import (
+    HubSettings,
+    ResultsSettings,
+    SettingsReader,
+    TrustSettings,
+    read_hub_settings,
+    read_results_settings,
+    read_trust_settings,
+)
+from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument, FlipInvalidResponse
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+
+class FLIPStandardProd(FLIPBase):
+    """Talks to the real FLIP services over HTTP (flip-api, data-access-api, imaging-api) and S3.
+
+    Every argument is optional: one left as ``None`` is read from the environment variable named
+    in brackets when a method that needs it first runs.
+
+    Args:
+        flip_api_url: flip-api base URL, routes under ``/api`` (``FLIP_API_INTERNAL_URL``).
+        hub_key: The hub's internal service key (``INTERNAL_SERVICE_KEY``).
+        hub_key_header: Header for the hub key (``INTERNAL_SERVICE_KEY_HEADER``).
+        data_access_api_url: The trust's data-access-api (``DATA_ACCESS_API_URL``).
+        imaging_api_url: The trust's imaging-api (``IMAGING_API_URL``).
+        trust_key: The trust's internal service key (``TRUST_INTERNAL_SERVICE_KEY``).
+        trust_key_header: Header for the trust key (``TRUST_INTERNAL_SERVICE_KEY_HEADER``).
+        net_id: The trust's imaging network id (``NET_ID``).
+        images_dir: Root of the shared images volume (``IMAGES_DIR``).
+        results_bucket: ``s3://bucket[/prefix]`` for results (``UPLOADED_FEDERATED_DATA_BUCKET``).
+        http_timeout: Seconds per HTTP attempt (``FLIP_HTTP_TIMEOUT``, default 30).
+        hub_api: ``h1`` or ``h2`` (``FLIP_HUB_API``, default ``h1``).
+        s3_endpoint_url: S3-compatible endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
+        cleanable_dirs: Folders :meth:`cleanup` may delete inside; default ``IMAGES_DIR/NET_ID``.
+        retry: Retry policy for transient HTTP failures.
+        env: Mapping used instead of ``os.environ``.
+    """
+
+    def __init__(
+        self,
+        *,
+        flip_api_url: str | None = None,
+        hub_key: str | None = None,
+        hub_key_header: str | None = None,
+        data_access_api_url: str | None = None,
+        imaging_api_url: str | None = None,
+        trust_key: str | None = None,
+        trust_key_header: str | None = None,
+        net_id: str | None = None,
+        images_dir: str | Path | None = None,
+        results_bucket: str | None = None,
+        http_timeout: float | None = None,
+        hub_api: str | None = None,
+        s3_endpoint_url: str | None = None,
+        cleanable_dirs: Sequence[str | Path] | None = None,
+        retry: RetryPolicy | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._reader = SettingsReader(
+            {
+                "FLIP_API_INTERNAL_URL": flip_api_url,
+                "INTERNAL_SERVICE_KEY": hub_key,
+                "INTERNAL_SERVICE_KEY_HEADER": hub_key_header,
+                "DATA_ACCESS_API_URL": data_access_api_url,
+                "IMAGING_API_URL": imaging_api_url,
+                "TRUST_INTERNAL_SERVICE_KEY": trust_key,
+                "TRUST_INTERNAL_SERVICE_KEY_HEADER": trust_key_header,
+                "NET_ID": net_id,
+                "IMAGES_DIR": str(images_dir) if images_dir is not None else None,
+                "UPLOADED_FEDERATED_DATA_BUCKET": results_bucket,
+                "FLIP_HTTP_TIMEOUT": http_timeout,
+                "FLIP_HUB_API": hub_api,
+                "AWS_ENDPOINT_URL_S3": s3_endpoint_url,
+            },
+            env,
+        )
+        self._cleanable = [Path(p) for p in cleanable_dirs] if cleanable_dirs is not None else None
+        self._retry = retry or RetryPolicy()
+        self._lock = threading.Lock()
+        self._clients: dict[str, ServiceClient] = {}
+        self._hub: HubSettings | None = None
+        self._trust: dict[str, TrustSettings] = {}
+        self._results: ResultsSettings | None = None
+        self._s3: Any = None
+
+    # ---------------------------------------------------------------- settings and clients
+
+    def hub_settings(self) -> HubSettings:
+        """The flip-api settings, read and checked on first use."""
+        with self._lock:
+            if self._hub is None:
+                self._hub = read_hub_settings(self._reader)
+            return self._hub
+
+    def trust_settings(self, service: str) -> TrustSettings:
+        """The trust settings needed for ``service`` (data-access-api or imaging-api)."""
+        with self._lock:
+            if service not in self._trust:
+                self._trust[service] = read_trust_settings(self._reader, service=service)
+            return self._trust[service]
+
+    def _client(self, service: str) -> ServiceClient:
+        if service == "flip-api":
+            hub = self.hub_settings()
+            url, header, key, timeout = hub.url, hub.key_header, hub.key, hub.timeout
+        else:
+            trust = self.trust_settings(service)
+            base = trust.data_access_url if service == "data-access-api" else trust.imaging_url
+            assert base is not None  # required by read_trust_settings for this service
+            url, header, key, timeout = base, trust.key_header, trust.key, trust.timeout
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                client = ServiceClient(
+                    service=service, base_url=url, key_header=header, key=key, timeout=timeout, retry=self._retry
+                )
+                self._clients[service] = client
+            return client
+
+    def close(self) -> None:
+        """Close every pooled HTTP connection."""
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    # ---------------------------------------------------------------- trust side
+
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
+        """Fetch the cohort from the trust's data-access-api (see :meth:`FLIPBase.get_dataframe`)."""
+        from flip_nvflare.core.frames import dataframe_from_columns_json
+
+        check_text("project_id", project_id)
+        check_text("query", query)
+        response = self._client("data-access-api").request(
+            "POST",
+            "/cohort/dataframe",
+            json_body={"encrypted_project_id": project_id, "query": query},
+            redact=(query, project_id),
+        )
+        t0 = time.monotonic()
+        frame = dataframe_from_columns_json(response.content)
+        logger.info(
+            "data-access-api cohort decoded: %d rows x %d columns in %.0f ms",
+            len(frame),
+            len(frame.columns),
+            (time.monotonic() - t0) * 1000,
+        )
+        return frame
+
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceTypes = ResourceType.NIFTI
+    ) -> Path:
+        """Ask the imaging-api to download one accession's images (one call per resource type)."""
+        check_text("project_id", project_id)
+        check_accession_id(accession_id)
+        types = as_resource_types(resource_type)
+        client = self._client("imaging-api")
+        settings = self.trust_settings("imaging-api")
+        assert settings.net_id is not None
+        folder: Path | None = None
+        for rt in types:
+            response = client.request(
+                "POST",
+                "/download/images/{net_id}",
+                path_params={"net_id": settings.net_id},
+                params={"assessor_type": rt.assessor_type, "resource_type": rt.value},
+                json_body={"encrypted_central_hub_project_id": project_id, "accession_id": accession_id},
+                redact=(accession_id, project_id),
+            )
+            path = _answer_path(response.content, settings.images_dir)
+            if folder is not None and path != folder:
+                raise FlipInvalidResponse("imaging-api returned different folders for resource types of one accession.")
+            folder = path
+        assert folder is not None
+        return folder
+
+    def add_resource(
+        self,
+        project_id: str,
+        accession_id: str,
+        scan_id: str,
+        resource_id: str,
+        files: Sequence[str | Path],
+    ) -> list[str]:
+        """Stage ``files`` under ``IMAGES_DIR/NET_ID/upload/`` and ask the imaging-api to upload them.
+
+        Returns:
+            The XNAT file URLs the imaging-api reports.
+        """
+        check_text("project_id", project_id)
+        check_accession_id(accession_id)
+        check_accession_id(scan_id)
+        check_accession_id(resource_id)
+        if not files:
+            raise FlipInvalidArgument("files must list at least one file to upload.")
+        client = self._client("imaging-api")
+        settings = self.trust_settings("imaging-api")
+        if settings.images_dir is None:
+            raise FlipConfigError("Missing setting to upload images: IMAGES_DIR (the shared images volume).")
+        assert settings.net_id is not None
+        upload_root = settings.images_dir / settings.net_id / "upload"
+        staging = upload_root / accession_id / scan_id / resource_id
+        relative: list[str] = []
+        staged: list[Path] = []
+        for item in files:
+            source = Path(item)
+            if not source.is_file():
+                raise FlipInvalidArgument("add_resource: a file to upload does not exist or is not a file.")
+            resolved = source.resolve()
+            if resolved.is_relative_to(upload_root.resolve()):
+                relative.append(resolved.relative_to(upload_root.resolve()).as_posix())
+                continue
+            staging.mkdir(parents=True, exist_ok=True)
+            target = staging / source.name
+            shutil.copyfile(source, target)
+            staged.append(target)
+            relative.append(target.relative_to(upload_root).as_posix())
+        response = client.request(
+            "PUT",
+            "/upload/images/{net_id}",
+            path_params={"net_id": settings.net_id},
+            json_body={
+                "encrypted_central_hub_project_id": project_id,
+                "accession_id": accession_id,
+                "scan_id": scan_id,
+                "resource_id": resource_id,
+                "files": relative,
+                "exist_ok": False,
+            },
+            redact=(accession_id, project_id),
+        )
+        for target in staged:
+            target.unlink(missing_ok=True)
+        try:
+            urls = json.loads(response.content)
+        except ValueError:
+            raise FlipInvalidResponse("imaging-api upload answer is not JSON.") from None
+        if not isinstance(urls, list):
+            raise FlipInvalidResponse("imaging-api upload answer is not a list of file URLs.")
+        return [str(u) for u in urls]
+
+    def cleanup(self, path: str | Path) -> bool:
+        """Delete ``path`` if it lies inside ``cleanable_dirs`` (default ``IMAGES_DIR/NET_ID``)."""
+        return remove_inside(path, self._cleanable_roots())
+
+    def _cleanable_roots(self) -> list[Path]:
+        if self._cleanable is not None:
+            return self._cleanable
+        images_dir, net_id = self._reader.raw("IMAGES_DIR"), self._reader.raw("NET_ID")
+        if images_dir and net_id:
+            return [Path(str(images_dir)) / str(net_id)]
+        return []
+
+    # ---------------------------------------------------------------- hub side
+
+    def update_status(self, model_id: str, new_model_status: ModelStatus | str) -> None:
+        """Set the model's status on flip-api (status names per hub generation)."""
+        model_id = check_model_id(model_id)
+        status = as_model_status(new_model_status)
+        hub = self.hub_settings()
+        self._client("flip-api").request(
+            "PUT",
+            "/model/{model_id}/status/{status}",
+            path_params={"model_id": model_id, "status": hub.hub_api.status_name(status)},
+        )
+
+    def send_metrics(
+        self,
+        client_name: str,
+        model_id: str,
+        label: str,
+        value: float,
+        round: int,
+        *,
+        x_value: float | None = None,
+        x_label: str | None = None,
+        trust_name: str | None = None,
+    ) -> bool:
+        """Post one metric to flip-api; the body suits H1 and H2 hubs at once."""
+        body = metric_body(client_name, model_id, label, value, round, x_value, x_label, trust_name)
+        if body is None:
+            return False
+        model_id = body.pop("model_id")
+        if self.hub_settings().hub_api is not HubApi.H2:  # H1 plots against the round only
+            body.pop("x_value", None)
+            body.pop("x_label", None)
+        self._client("flip-api").request(
+            "POST", "/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
+        )
+        return True
+
+    def send_handled_exception(
+        self, formatted_exception: str, client_name: str, model_id: str, *, trust_name: str | None = None
+    ) -> None:
+        """Record a client's exception text in flip-api's logs for the model."""
+        model_id = check_model_id(model_id)
+        check_text("client_name", client_name)
+        text = capped_log_text(formatted_exception)
+        self._client("flip-api").request(
+            "POST",
+            "/model/{model_id}/logs",
+            path_params={"model_id": model_id},
+            json_body={
+                "trust": trust_name or default_trust_name(client_name),
+                "fl_client_name": client_name,
+                "log": text,
+                "success": False,
+            },
+        )
+
+    def send_progress_event(
+        self,
+        model_id: str,
+        event_type: str,
+        global_round: int | None,
+        details: Mapping[str, Any],
+        client_name: str | None = None,
+    ) -> None:
+        """Post a typed progress event to an H2 hub's logs endpoint.
+
+        Raises:
+            FlipConfigError: The hub is not H2 (H1 hubs have no typed events).
+        """
+        model_id = check_model_id(model_id)
+        if self.hub_settings().hub_api.value != "h2":
+            raise FlipConfigError("Typed progress events need an H2 hub (set FLIP_HUB_API=h2).")
+        body: dict[str, Any] = {
+            "event_type": event_type,
+            "details": dict(details),
+            "fl_client_name": client_name,
+        }
+        if global_round is not None:
+            body["global_round"] = global_round
+        self._client("flip-api").request(
+            "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body
+        )
+
+    def results_settings(self) -> ResultsSettings:
+        """The S3 settings, read and checked on first use."""
+        with self._lock:
+            if self._results is None:
+                self._results = read_results_settings(self._reader)
+            return self._results
+
+    def _s3_client(self) -> Any:
+        settings = self.results_settings()
+        with self._lock:
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
+
+                self._s3 = boto3.client(
+                    "s3",
+                    endpoint_url=settings.endpoint_url,
+                    **self._aws_credentials(),
+                    config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10),
+                )
+            return self._s3
+
+    def _aws_credentials(self) -> dict[str, str]:
+        """AWS credentials from an explicit ``env`` mapping; boto3 finds its own otherwise."""
+        names = {
+            "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+            "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "aws_session_token": "AWS_SESSION_TOKEN",
+            "region_name": "AWS_DEFAULT_REGION",
+        }
+        if not self._reader.has_explicit_env:
+            return {}
+        found = {arg: self._reader.raw(name) for arg, name in names.items()}
+        return {arg: str(value) for arg, value in found.items() if value is not None}
+
+    def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
+        """Zip the folder and upload it to ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip``.
+
+        Returns:
+            The ``s3://`` URI of the uploaded object.
+
+        Raises:
+            FlipResultsUploadError: Zipping or uploading failed; the folder is left intact.
+        """
+        from flip_nvflare.errors import FlipResultsUploadError
+
+        model_id = check_model_id(model_id)
+        folder = check_results_folder(results_folder)
+        settings = self.results_settings()
+        key = results_key(settings.prefix, model_id)
+        try:
+            client = self._s3_client()
+            with zipped(folder) as zip_path:
+                upload_zip(client, zip_path, settings.bucket, key)
+        except FlipResultsUploadError:
+            raise
+        except Exception as exc:  # zipping or client creation
+            raise FlipResultsUploadError(
+                f"Preparing the results upload to s3://{settings.bucket}/{key} failed "
+                f"({type(exc).__name__}); the results folder was left intact."
+            ) from exc
+        return f"s3://{settings.bucket}/{key}"
+
+
+def _answer_path(body: bytes, images_dir: Path | None) -> Path:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise FlipInvalidResponse("imaging-api download answer is not JSON.") from None
+    raw = payload.get("path") if isinstance(payload, dict) else None
+    if not isinstance(raw, str) or not raw:
+        raise FlipInvalidResponse("imaging-api download answer has no 'path'.")
+    path = Path(raw)
+    if not path.is_absolute():
+        raise FlipInvalidResponse("imaging-api download answer 'path' is not absolute.")
+    if images_dir is not None and not path.resolve().is_relative_to(images_dir.resolve()):
+        raise FlipInvalidResponse("imaging-api download answer 'path' is outside IMAGES_DIR.")
+    return path

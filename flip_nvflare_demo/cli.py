@@ -1,0 +1,147 @@
+"""``flip-nvflare demo``: train the bundled FLIP app on synthetic data in NVFlare's simulator, then report.
+
+Dev mode (the default) runs the ``flip_standard`` job with the dev backend: the "hub" is a ledger
+of files in the server's run folder. ``--prod`` runs the same job in prod mode against the FLIP
+services emulator and moto's S3 server, both started for the run, and reports from what the
+emulated hub recorded and the zip in the bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flip_nvflare.constants import FlipMode, JobType
+
+if TYPE_CHECKING:
+    from flip_nvflare_demo.report import RunRecord
+
+#: The model id the demo's job reports under (any UUID does in dev mode).
+DEMO_MODEL_ID = "d3e0f11b-2c4a-4d5e-9f60-7a8b9c0d1e2f"
+DEFAULT_WORKDIR = Path(".work") / "demo"
+SITES = 2
+
+
+def app_dir() -> Path:
+    """The bundled demo app (what ``--app`` gets in ``flip-nvflare job create``)."""
+    return Path(__file__).resolve().parent / "app"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; exit code 0 when the run succeeded and the model learned."""
+    parser = argparse.ArgumentParser(
+        prog="flip-nvflare demo",
+        description="Train the bundled FLIP app (a small 3-D CNN) on synthetic NIfTI data with 2 sites in NVFlare's "
+        "simulator, then print what the hub received.",
+    )
+    parser.add_argument(
+        "--prod", action="store_true", help="run in prod mode against the FLIP services emulator and moto S3"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"working folder (default {DEFAULT_WORKDIR})"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    workdir: Path = args.workdir.resolve()
+    try:
+        if args.prod:
+            from flip_nvflare_demo.prod import run_prod_demo
+
+            return run_prod_demo(workdir, timeout=args.timeout)
+        return run_dev_demo(workdir, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print("\ndemo interrupted; every process it started was stopped.", file=sys.stderr)
+        return 130
+
+
+def run_dev_demo(workdir: Path, *, timeout: float = 600.0) -> int:
+    """The dev-mode demo: data, job, simulator, report. Returns the exit code."""
+    from flip_nvflare_demo.report import from_dev_ledger, render
+    from flip_nvflare_demo.simulate import run_simulation
+
+    started = time.monotonic()
+    job_dir, workspace = prepare_run(workdir, FlipMode.DEV)
+    ledger = workspace / "server" / "simulate_job" / "flip_dev"
+    progress = StatusPrinter(lambda: _dev_statuses(ledger), started)
+    print(f"Running the simulator ({SITES} sites); its log: {workspace.with_name(workspace.name + '.log')}")
+    result = run_simulation(job_dir, workspace, n_clients=SITES, threads=SITES, timeout=timeout, on_poll=progress)
+    record = from_dev_ledger(result.server_run_dir / "flip_dev", DEMO_MODEL_ID)
+    return finish(record, result.return_code, result.log_tail(), time.monotonic() - started, render)
+
+
+def prepare_run(workdir: Path, mode: FlipMode, **job_options: str) -> tuple[Path, Path]:
+    """Generate the data (reused when present) and build the job; return (job folder, fresh workspace)."""
+    from flip_nvflare.jobs.create import JobRequest, create_job
+    from flip_nvflare_demo.data import generate_demo_data
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = generate_demo_data(workdir / "data")
+    print(f"Demo data: {data.root} ({', '.join(f'{s.site}: {s.cases} studies' for s in data.sites)})")
+    job_dir = create_job(
+        JobRequest(
+            job_type=JobType.STANDARD,
+            app_dir=app_dir(),
+            job_dir=workdir / "job",
+            mode=mode,
+            dev_data=data.root if mode is FlipMode.DEV else None,
+            model_id=job_options.get("model_id", DEMO_MODEL_ID),
+            project_id=job_options.get("project_id"),
+            query=job_options.get("query"),
+            min_clients=SITES,
+            force=True,
+        )
+    )
+    print(f"Job: {job_dir} (from the flip_standard template, flip_mode {mode.value})")
+    workspace = workdir / "workspace"
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    workspace.with_name(workspace.name + ".log").unlink(missing_ok=True)
+    return job_dir, workspace
+
+
+class StatusPrinter:
+    """Prints each new status as the run reaches it (called while the simulator runs)."""
+
+    def __init__(self, read: Callable[[], list[str]], started: float) -> None:
+        self._read = read
+        self._started = started
+        self._shown = 0
+
+    def __call__(self) -> None:
+        try:
+            statuses = self._read()
+        except Exception:  # progress display only: the report reads the record again at the end
+            return
+        for status in statuses[self._shown :]:
+            print(f"  [{time.monotonic() - self._started:5.1f} s] hub status: {status}", flush=True)
+        self._shown = max(self._shown, len(statuses))
+
+
+def _dev_statuses(ledger: Path) -> list[str]:
+    import json
+
+    path = ledger / "status.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["status"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def finish(record: RunRecord, return_code: int, log_tail: str, seconds: float, render: Callable[..., str]) -> int:
+    """Print the report and decide the exit code."""
+    print()
+    print(render(record, seconds=seconds))
+    if return_code != 0:
+        print(f"\ndemo FAILED: the simulator exited with {return_code}. End of its log:\n{log_tail}", file=sys.stderr)
+        return 1
+    if record.final_status != "RESULTS_UPLOADED":
+        print(f"\ndemo FAILED: the final status is {record.final_status}, not RESULTS_UPLOADED.", file=sys.stderr)
+        return 1
+    if not record.learned():
+        print("\ndemo FAILED: the model's accuracy did not rise above chance.", file=sys.stderr)
+        return 1
+    return 0

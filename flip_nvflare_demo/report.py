@@ -1,0 +1,268 @@
+"""The demo's report: status timeline, per-site per-round metrics, cross-site validation, results zip.
+
+A :class:`RunRecord` is what the hub saw of one run. It is read either from the dev backend's
+ledger (``status.jsonl``, ``metrics.jsonl`` and the results zip in the server's ``flip_dev``
+folder) or from the emulator's record and the zip in its S3 bucket, then rendered as text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flip_emulator.handle import EmulatorHandle
+
+#: The metric the demo app reports for the global model at each round (the key metric).
+KEY_METRIC = "val_accuracy"
+#: Accuracy of guessing on the demo's balanced labels.
+CHANCE = 0.5
+#: What the final accuracy must reach for the demo to count as having learned.
+LEARNED = 0.75
+VALIDATION_JSON = "cross_val_results.json"
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """One status the hub received, with seconds since the first one."""
+
+    status: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric value the hub received."""
+
+    site: str
+    round: int
+    label: str
+    value: float
+
+
+@dataclass
+class RunRecord:
+    """What the hub received for one run.
+
+    Attributes:
+        mode: ``dev`` or ``prod``.
+        model_id: The model's id.
+        statuses: Statuses in arrival order.
+        metrics: Metric values in arrival order.
+        cross_site: Data site -> model -> metric -> value (from the results zip).
+        results_location: Where the results zip is (a path or an ``s3://`` URI), if any.
+        results_files: The files in the results zip.
+    """
+
+    mode: str
+    model_id: str
+    statuses: list[StatusEvent] = field(default_factory=list)
+    metrics: list[MetricValue] = field(default_factory=list)
+    cross_site: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    results_location: str | None = None
+    results_files: list[str] = field(default_factory=list)
+
+    @property
+    def final_status(self) -> str | None:
+        """The last status received."""
+        return self.statuses[-1].status if self.statuses else None
+
+    def sites(self) -> list[str]:
+        """Sites that sent metrics, sorted."""
+        return sorted({m.site for m in self.metrics})
+
+    def series(self, label: str, site: str) -> dict[int, float]:
+        """Round -> value of ``label`` at ``site`` (the last value if a round has several)."""
+        return {m.round: m.value for m in self.metrics if m.label == label and m.site == site}
+
+    def key_metric_by_round(self) -> dict[int, float]:
+        """Round -> mean over sites of the global model's ``val_accuracy``."""
+        rounds: dict[int, list[float]] = {}
+        for site in self.sites():
+            for round_, value in self.series(KEY_METRIC, site).items():
+                rounds.setdefault(round_, []).append(value)
+        return {r: statistics.fmean(v) for r, v in sorted(rounds.items())}
+
+    def learned(self) -> bool:
+        """Whether the global model's accuracy rose above chance over the run.
+
+        True when the last round's mean ``val_accuracy`` is at least :data:`LEARNED` and higher
+        than the first round's, or when the final model's cross-site accuracy is at least
+        :data:`LEARNED` everywhere and the first round's mean was below it.
+        """
+        by_round = self.key_metric_by_round()
+        if len(by_round) < 2:
+            return False
+        first, last = by_round[min(by_round)], by_round[max(by_round)]
+        if last >= LEARNED and last > first:
+            return True
+        finals = [v for v in self._final_model_accuracies() if v is not None]
+        return bool(finals) and min(finals) >= LEARNED and first < LEARNED
+
+    def _final_model_accuracies(self) -> list[float | None]:
+        values: list[float | None] = []
+        for models in self.cross_site.values():
+            for model, result in models.items():
+                if "best" not in model and isinstance(result, dict):
+                    number = result.get(KEY_METRIC)
+                    values.append(float(number) if isinstance(number, (int, float)) else None)
+        return values
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def from_dev_ledger(output_dir: str | Path, model_id: str) -> RunRecord:
+    """Read a run from the dev backend's output folder (``<server run folder>/flip_dev``)."""
+    folder = Path(output_dir)
+    record = RunRecord(mode="dev", model_id=model_id)
+    stamps: list[tuple[str, datetime]] = []
+    for row in _jsonl(folder / "status.jsonl"):
+        if row.get("model_id") == model_id:
+            stamps.append((str(row["status"]), datetime.fromisoformat(str(row["time"]))))
+    if stamps:
+        start = stamps[0][1]
+        record.statuses = [StatusEvent(s, (t - start).total_seconds()) for s, t in stamps]
+    for row in _jsonl(folder / "metrics.jsonl"):
+        if row.get("model_id") == model_id:
+            site = str(row.get("fl_client_name") or row.get("trust"))
+            record.metrics.append(MetricValue(site, int(row["global_round"]), str(row["label"]), float(row["result"])))
+    zips = sorted((folder / "results" / model_id).glob("*.zip"))
+    if zips:
+        record.results_location = str(zips[-1].resolve())
+        _read_zip(record, zips[-1].read_bytes())
+    return record
+
+
+def from_emulator(handle: EmulatorHandle, model_id: str) -> RunRecord:
+    """Read a run from what the emulated hub recorded and the results zip in its S3 bucket."""
+    records = handle.records(model_id)
+    record = RunRecord(mode="prod", model_id=model_id)
+    applied = [s for s in records.statuses if s.applied]
+    if applied:
+        start = applied[0].received_at
+        record.statuses = [StatusEvent(s.status, s.received_at - start) for s in applied]
+    for metric in records.metrics:
+        site = metric.fl_client_name or metric.trust or "?"
+        record.metrics.append(MetricValue(site, metric.global_round, metric.label, metric.result))
+    keys = sorted(handle.results(model_id))
+    if keys and handle.bucket and handle.s3_endpoint:
+        bucket = handle.bucket.removeprefix("s3://").split("/", 1)[0]
+        record.results_location = f"s3://{bucket}/{keys[-1]}"
+        _read_zip(record, read_s3_object(handle.env(), bucket, keys[-1]))
+    return record
+
+
+def read_s3_object(env: dict[str, str], bucket: str, key: str) -> bytes:
+    """The bytes of one object of an S3-compatible store, with the endpoint and keys of a job's ``env``."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=env.get("AWS_ENDPOINT_URL_S3"),
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        region_name=env.get("AWS_DEFAULT_REGION"),
+    )
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
+def _read_zip(record: RunRecord, data: bytes) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        record.results_files = sorted(archive.namelist())
+        name = next((n for n in record.results_files if Path(n).name == VALIDATION_JSON), None)
+        if name is not None:
+            content = json.loads(archive.read(name))
+            if isinstance(content, dict):
+                record.cross_site = content
+
+
+def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def render(record: RunRecord, *, seconds: float | None = None) -> str:
+    """The report as text."""
+    sites = record.sites()
+    lines = [f"FLIP demo report ({record.mode} mode), model {record.model_id}", ""]
+    lines += ["Status timeline (as the hub received it)"]
+    if record.statuses:
+        lines += [f"  {event.seconds:7.1f} s  {event.status}" for event in record.statuses]
+    else:
+        lines += ["  (no status received)"]
+    lines += ["", "Metrics per site and round (val_accuracy: the global model on the site's validation split)"]
+    lines += _metrics_table(record, sites)
+    by_round = record.key_metric_by_round()
+    if by_round:
+        trend = " -> ".join(f"{value:.2f}" for value in by_round.values())
+        verdict = "rose above chance" if record.learned() else "did NOT rise above chance"
+        lines += [f"  mean val_accuracy by round: {trend} (chance {CHANCE:.2f}): {verdict}"]
+    lines += ["", "Cross-site validation (each server model on each site's validation split)"]
+    lines += _cross_site_table(record)
+    lines += [""]
+    if record.results_location:
+        lines += [f"Results zip: {record.results_location}", f"  contains: {', '.join(record.results_files)}"]
+    else:
+        lines += ["Results zip: none was stored"]
+    summary = f"Final status: {record.final_status or 'none'}"
+    if seconds is not None:
+        summary += f"; run took {seconds:.0f} s"
+    lines += ["", summary]
+    return "\n".join(lines)
+
+
+def _metrics_table(record: RunRecord, sites: list[str]) -> list[str]:
+    labels = sorted({m.label for m in record.metrics}, key=lambda label: (label != KEY_METRIC, label))
+    if not labels:
+        return ["  (no metric received)"]
+    rows = [["site", "round", *labels]]
+    for site in sites:
+        series = {label: record.series(label, site) for label in labels}
+        rounds = sorted({r for values in series.values() for r in values})
+        for round_ in rounds:
+            rows.append([site, str(round_), *[_number(series[label].get(round_)) for label in labels]])
+    return _table(rows)
+
+
+def _cross_site_table(record: RunRecord) -> list[str]:
+    if not record.cross_site:
+        return ["  (no cross-site validation results)"]
+    sites = sorted(record.cross_site)
+    models = sorted({model for results in record.cross_site.values() for model in results})
+    rows = [["model", *sites]]
+    for model in models:
+        cells = []
+        for site in sites:
+            result = record.cross_site[site].get(model)
+            value = result.get(KEY_METRIC) if isinstance(result, dict) else None
+            cells.append(_number(value) if value is not None else str((result or {}).get("error", "-")))
+        rows.append([model.removeprefix("SRV_").removesuffix(".pt"), *cells])
+    return [*_table(rows), f"  ({KEY_METRIC}; models are the final and the best global model)"]
+
+
+def _number(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
