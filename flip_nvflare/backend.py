@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from nvflare.apis.event_type import EventType
@@ -25,7 +24,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.server_engine_spec import ServerEngineSpec
 
 from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
-from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipMode, HubApi
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipMode
 from flip_nvflare.core.base import FLIPBase, check_model_id
 from flip_nvflare.core.dev import FLIPStandardDev
 from flip_nvflare.core.http import RetryPolicy
@@ -37,6 +36,7 @@ from flip_nvflare.core.settings import (
     read_trust_settings,
 )
 from flip_nvflare.errors import FlipConfigError, FlipError
+from flip_nvflare.workspace import job_run_dir
 
 #: Per-call HTTP retries of the server's prod backend. Short on purpose: HubDelivery retries
 #: across longer outages itself, in order, without holding up the calls behind.
@@ -172,9 +172,6 @@ class FlipBackend(FLComponent):
         with self._lock:
             if self._backend is None:
                 self._backend = self._once(fl_ctx, lambda: self._build(fl_ctx))
-                from flip_nvflare.client import register_job_backend
-
-                register_job_backend(self._backend)
             return self._backend
 
     def session(self, fl_ctx: FLContext) -> HubSession:
@@ -201,7 +198,7 @@ class FlipBackend(FLComponent):
             backend,
             model_id=self._checked_model_id(),
             trust_names=self._trust_names,
-            hub_api=_hub_api_of(backend),
+            hub_api=backend.hub_api,
             settings=self._session_settings,
             flip_mode=self._mode.value,
         )
@@ -244,7 +241,7 @@ class FlipBackend(FLComponent):
                     "never report to the hub. Set flip_mode to 'prod', or pass "
                     '"allow_dev_in_secure_mode": true to the FlipBackend component if this is intended.'
                 )
-            output_dir = self._dev_output_dir or _run_dir(fl_ctx) / "flip_dev"
+            output_dir = self._dev_output_dir or job_run_dir(fl_ctx) / "flip_dev"
             self.log_info(fl_ctx, f"FLIP backend: dev (hub calls recorded in {output_dir})")
             return FLIPStandardDev(
                 dataframe_csv=self._dev_dataframe, images_dir=self._dev_images_dir, output_dir=output_dir
@@ -262,12 +259,6 @@ class FlipBackend(FLComponent):
 
 def _on_server(fl_ctx: FLContext) -> bool:
     return isinstance(fl_ctx.get_engine(), ServerEngineSpec)
-
-
-def _hub_api_of(backend: FLIPBase) -> HubApi | None:
-    if isinstance(backend, FLIPStandardProd):
-        return backend.hub_settings().hub_api
-    return None
 
 
 def _check_prod_settings(on_server: bool, hub_api: str | None, http_timeout: float | None) -> None:
@@ -290,12 +281,6 @@ def _check_prod_settings(on_server: bool, hub_api: str | None, http_timeout: flo
                 problems.append(str(exc))
     if problems:
         raise FlipConfigError(" ".join(problems))
-
-
-def _run_dir(fl_ctx: FLContext) -> Path:
-    engine = fl_ctx.get_engine()
-    workspace = engine.get_workspace()
-    return Path(workspace.get_run_dir(fl_ctx.get_job_id()))
 
 
 def _flip_component(fl_ctx: FLContext, flip_id: str) -> FlipBackend:

@@ -13,14 +13,13 @@ Nothing here imports NVFlare, pandas or PyTorch until a function that needs them
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument, FlipKeyError
 from flip_nvflare.metrics import send_metrics_value
 
 if TYPE_CHECKING:
@@ -34,7 +33,6 @@ __all__ = [
     "FLIP",
     "get_model_weights_diff",
     "prepared_cohort",
-    "register_job_backend",
     "send_metrics_value",
     "using_backend",
     "using_run_dir",
@@ -42,18 +40,9 @@ __all__ = [
 
 _current: ContextVar[FLIPBase | None] = ContextVar("flip_nvflare_current_backend", default=None)
 _current_run_dir: ContextVar[Path | None] = ContextVar("flip_nvflare_current_run_dir", default=None)
-_registry_lock = threading.Lock()
-_job_backends: list[FLIPBase] = []
 
 
 # ---------------------------------------------------------------------- the job's backend
-
-
-def register_job_backend(backend: FLIPBase) -> None:
-    """Record a backend built by a job's FlipBackend component in this process (called by it)."""
-    with _registry_lock:
-        if not any(b is backend for b in _job_backends):
-            _job_backends.append(backend)
 
 
 @contextmanager
@@ -69,30 +58,26 @@ def using_backend(backend: FLIPBase) -> Iterator[FLIPBase]:
 def FLIP() -> FLIPBase:
     """Return the running job's FLIP backend (dev or prod, as the job config says).
 
-    Inside a FLIP runner (TrainerRunner, ValidatorRunner, EvaluatorRunner) this is always the
-    backend of the job the call belongs to, even when several jobs or clients share a process.
+    The FLIP runners (TrainerRunner, ValidatorRunner, EvaluatorRunner) make the job's backend
+    current around every call into the app (its constructor, ``execute`` and ``handle_event``), so
+    the answer is always the backend of the job the call belongs to, even when several jobs or
+    clients share a process. Nothing is kept between runs: outside those calls there is no
+    current backend.
 
     Raises:
-        FlipConfigError: Called outside a running job (or where it cannot tell which job).
+        FlipConfigError: Called outside a call made by a FLIP runner (e.g. from a thread the app
+            started itself, or outside a job).
     """
     current = _current.get()
     if current is not None:
         return current
-    with _registry_lock:
-        backends = list(_job_backends)
-    if len(backends) == 1:
-        return backends[0]
-    if not backends:
-        raise FlipConfigError(
-            "FLIP() returns the backend of a running NVFlare job, and no job with a FlipBackend component "
-            "(id 'flip') is running in this process. Inside a job, add that component to the config. "
-            "Outside a job, build a backend yourself: flip_nvflare.FLIPStandardDev(dataframe_csv=..., "
-            "images_dir=..., output_dir=...) for local files, or flip_nvflare.FLIPStandardProd() with the "
-            "FLIP environment variables set."
-        )
     raise FlipConfigError(
-        "FLIP() cannot tell which job's backend to return: several jobs run in this process. Accept a "
-        "'flip' argument in your class's constructor; the flip-nvflare runners pass the job's backend."
+        "FLIP() returns the backend of the running job, and it was called outside the calls the FLIP runners "
+        "make into your app (its constructor, execute and handle_event). Keep the backend from your "
+        "constructor (self.flip = FLIP(), or accept a 'flip' argument) and pass it to the threads you start. "
+        "Outside a job, build a backend yourself: flip_nvflare.FLIPStandardDev(dataframe_csv=..., "
+        "images_dir=..., output_dir=...) for local files, or flip_nvflare.FLIPStandardProd() with the FLIP "
+        "environment variables set."
     )
 
 
@@ -128,8 +113,9 @@ def prepared_cohort(fl_ctx: FLContext | None = None) -> PreparedCohort:
     from flip_nvflare.executors.manifest import PreparedCohort
 
     if fl_ctx is not None:
-        workspace = fl_ctx.get_engine().get_workspace()
-        run_dir = Path(workspace.get_run_dir(fl_ctx.get_job_id()))
+        from flip_nvflare.workspace import job_run_dir
+
+        run_dir = job_run_dir(fl_ctx)
     else:
         current = _current_run_dir.get()
         if current is None:
@@ -161,24 +147,24 @@ def get_model_weights_diff(original_weights: Mapping[str, Any], new_weights: Map
         A DXO of kind ``WEIGHT_DIFF`` with NumPy arrays.
 
     Raises:
-        KeyError: A weight of ``new_weights`` is missing from ``original_weights``.
-        ValueError: Shapes differ for a weight, or ``iterations`` is negative.
+        FlipKeyError: A weight of ``new_weights`` is missing from ``original_weights`` (a KeyError).
+        FlipInvalidArgument: Shapes differ for a weight, or ``iterations`` is negative (a ValueError).
     """
     import numpy as np
     from nvflare.apis.dxo import DXO, DataKind, MetaKey
 
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
-        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}.")
+        raise FlipInvalidArgument(f"iterations must be an integer >= 0, got {iterations!r}.")
     diff: dict[str, Any] = {}
     for name, new_value in new_weights.items():
         if name not in original_weights:
-            raise KeyError(
+            raise FlipKeyError(
                 f"Weight {name!r} is in the new weights but not in the original ones: compare the same model's state."
             )
         updated = _as_array(new_value)
         original = _as_array(original_weights[name])
         if updated.shape != original.shape:
-            raise ValueError(f"Weight {name!r} changed shape from {original.shape} to {updated.shape}.")
+            raise FlipInvalidArgument(f"Weight {name!r} changed shape from {original.shape} to {updated.shape}.")
         diff[name] = np.subtract(updated, original)
     return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: int(iterations)})
 

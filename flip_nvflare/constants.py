@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -91,6 +92,53 @@ class FlipEvents:
     FED_SEND_METRIC = "fed.flip.send_metric"
     RESULTS_UPLOADED = "_flip_results_uploaded"
     RESULTS_UPLOAD_FAILED = "_flip_results_upload_failed"
+
+
+class FlipProps:
+    """FLContext properties flip-nvflare components set for each other (private, not sticky)."""
+
+    #: Set with TRAINING_INITIATED: names of the clients asked to prepare.
+    PREPARATION_TARGETS = "flip.preparation.targets"
+    #: Set with PREPARATION_FAILED: the client whose preparation failed (``None`` if it was a timeout).
+    PREPARATION_FAILED_CLIENT = "flip.preparation.failed_client"
+    #: Set with PREPARATION_FAILED: the failure as one sanitized sentence.
+    PREPARATION_FAILURE = "flip.preparation.failure"
+    #: Set with PREPARATION_DONE: client name -> its preparation summary (counts only).
+    PREPARATION_SUMMARY = "flip.preparation.summary"
+    #: Set with RESULTS_UPLOADED / RESULTS_UPLOAD_FAILED: where the results went (or were kept).
+    RESULTS_LOCATION = "_flip_results_location"
+    #: Set with RESULTS_UPLOADED / RESULTS_UPLOAD_FAILED: the id of the FlipBackend that uploaded them.
+    RESULTS_FLIP_ID = "_flip_results_flip_id"
+
+
+class FlipHeaders:
+    """Headers of a client's task reply that flip-nvflare components read on the server."""
+
+    #: The sanitized failure text of a client (the name NVFlare and FLIP use).
+    EXCEPTION = "exception"
+    #: CohortPreparer's summary of a preparation (counts only), read by InitTraining / InitEvaluation.
+    PREPARATION_SUMMARY = "flip_preparation"
+    #: ImageCleanup's counts, read by CleanupClients.
+    CLEANUP_SUMMARY = "flip_cleanup"
+
+
+#: Longest x-axis label a metric may carry (flip-api's limit on H2 hubs).
+MAX_X_LABEL = 64
+
+_SITE_NAME = re.compile(r"site-(\d+)")
+_TRUST_NAME = re.compile(r"Trust_\d+")
+
+
+def default_trust_name(client_name: str) -> str:
+    """The hub's trust name of an NVFlare client by FLIP's rule: ``site-N`` -> ``Trust_N``.
+
+    Names that already look like ``Trust_N``, and any other name, are used unchanged. A job can
+    override the rule per client with FlipBackend's ``trust_names``.
+    """
+    if _TRUST_NAME.fullmatch(client_name):
+        return client_name
+    match = _SITE_NAME.fullmatch(client_name)
+    return f"Trust_{match.group(1)}" if match else client_name
 
 
 class FlipTasks:

@@ -19,6 +19,18 @@ class FlipInvalidArgument(FlipError, ValueError):
     """An argument was refused before any request was made (e.g. an unsafe accession id)."""
 
 
+class FlipArgumentTypeError(FlipError, TypeError):
+    """An argument has the wrong type (e.g. a metric value that is not a number)."""
+
+
+class FlipKeyError(FlipError, KeyError):
+    """A name asked for is not there (a weight missing from a model, an accession not in the cohort)."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; a message reads better as itself.
+        return str(self.args[0]) if self.args else ""
+
+
 class FlipHTTPError(FlipError):
     """A FLIP service answered with an error, or could not be reached.
 
@@ -78,3 +90,40 @@ class FlipInvalidResponse(FlipError):
 
 class FlipMissingData(FlipError, FileNotFoundError):
     """Local data a dev-mode backend needs is missing; the message names what to create."""
+
+
+class FlipJobError(FlipError):
+    """A job cannot be created from a template; the message says what to change."""
+
+
+class FlipAppError(FlipError):
+    """The user's app is not what a FLIP job needs (missing file or class, wrong constructor)."""
+
+
+class PreparationError(FlipError):
+    """A trust's cohort could not be prepared; the message is safe to send to the hub."""
+
+
+class PreparedCohortError(FlipError):
+    """The job has no prepared cohort (or it cannot be read); the message says what to do."""
+
+
+class SitePolicyError(FlipConfigError):
+    """A trust's site policy file is missing or invalid; the message lists every problem found.
+
+    Attributes:
+        source: The policy file (or a description of where the text came from).
+        problems: Every problem found, each a short sentence.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The full traceback of ``exc`` as text (for this site's own log; never sent anywhere as is)."""
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

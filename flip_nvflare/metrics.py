@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import FlipEvents
+from flip_nvflare.constants import MAX_X_LABEL, FlipEvents
+from flip_nvflare.errors import FlipArgumentTypeError, FlipInvalidArgument
 
 if TYPE_CHECKING:
     from nvflare.apis.fl_context import FLContext
@@ -21,8 +22,6 @@ METRIC_ROUND = "round"
 METRIC_X_VALUE = "x_value"
 METRIC_X_LABEL = "x_label"
 METRIC_CLIENT = "client_name"
-
-_MAX_X_LABEL = 64
 
 
 def current_round(fl_ctx: FLContext) -> int | None:
@@ -39,7 +38,9 @@ def _as_float(name: str, value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise TypeError(f"send_metrics_value: {name} must be a number, got {type(value).__name__}.") from None
+        raise FlipArgumentTypeError(
+            f"send_metrics_value: {name} must be a number, got {type(value).__name__}."
+        ) from None
 
 
 def send_metrics_value(
@@ -66,25 +67,25 @@ def send_metrics_value(
             metrics always travel through the server, which holds the hub settings.
 
     Raises:
-        ValueError: An argument is malformed (the message says which).
-        TypeError: ``value`` or ``x_value`` is not a number.
+        FlipInvalidArgument: An argument is malformed (the message says which); a ValueError.
+        FlipArgumentTypeError: ``value`` or ``x_value`` is not a number; a TypeError.
     """
     from nvflare.apis.fl_constant import EventScope, FLContextKey
     from nvflare.apis.shareable import Shareable
 
     if not isinstance(label, str) or not label.strip():
-        raise ValueError("send_metrics_value: label must be a non-empty string, e.g. 'LOSS_FUNCTION'.")
+        raise FlipInvalidArgument("send_metrics_value: label must be a non-empty string, e.g. 'LOSS_FUNCTION'.")
     number = _as_float("value", value)
     if round is not None and (isinstance(round, bool) or not isinstance(round, int) or round < 0):
-        raise ValueError(f"send_metrics_value: round must be an integer >= 0 or None, got {round!r}.")
+        raise FlipInvalidArgument(f"send_metrics_value: round must be an integer >= 0 or None, got {round!r}.")
     x_number = None if x_value is None else _as_float("x_value", x_value)
     if x_number is not None and not math.isfinite(x_number):
-        raise ValueError(f"send_metrics_value: x_value must be a finite number, got {x_value!r}.")
-    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= _MAX_X_LABEL):
-        raise ValueError("send_metrics_value: x_label must be a string of 1 to 64 characters, e.g. 'epoch'.")
+        raise FlipInvalidArgument(f"send_metrics_value: x_value must be a finite number, got {x_value!r}.")
+    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= MAX_X_LABEL):
+        raise FlipInvalidArgument("send_metrics_value: x_label must be a string of 1 to 64 characters, e.g. 'epoch'.")
     engine = fl_ctx.get_engine()
     if engine is None:
-        raise ValueError("send_metrics_value: fl_ctx has no engine; pass the FLContext of the running task.")
+        raise FlipInvalidArgument("send_metrics_value: fl_ctx has no engine; pass the FLContext of the running task.")
     payload = Shareable()
     payload[METRIC_LABEL] = label
     payload[METRIC_VALUE] = number

@@ -15,18 +15,13 @@ from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.executors.manifest import PreparedCohortError
 
 
-@pytest.fixture
-def no_registered_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "_job_backends", [])
-
-
-def test_flip_outside_a_job_explains_how_to_get_a_backend(no_registered_backends: None) -> None:
+def test_flip_outside_a_job_explains_how_to_get_a_backend() -> None:
     with pytest.raises(FlipConfigError, match="FLIPStandardDev") as info:
         FLIP()
-    assert "FlipBackend" in str(info.value)
+    assert "self.flip = FLIP()" in str(info.value)
 
 
-def test_using_backend_is_per_thread_and_nests(no_registered_backends: None) -> None:
+def test_using_backend_is_per_thread_and_nests() -> None:
     first, second = FLIPStandardDev(env={}), FLIPStandardDev(env={})
     seen: list[object] = []
     with using_backend(first):
@@ -47,13 +42,13 @@ def test_using_backend_is_per_thread_and_nests(no_registered_backends: None) -> 
     assert isinstance(seen[0], FlipConfigError)
 
 
-def test_one_registered_backend_is_returned_anywhere(no_registered_backends: None) -> None:
+def test_no_backend_outlives_the_calls_that_made_it_current() -> None:
+    """No process-wide registry: once the runner's call ends, FLIP() has no backend to return."""
     backend = FLIPStandardDev(env={})
-    client.register_job_backend(backend)
-    client.register_job_backend(backend)
-    assert FLIP() is backend
-    client.register_job_backend(FLIPStandardDev(env={}))
-    with pytest.raises(FlipConfigError, match="'flip' argument"):
+    with using_backend(backend):
+        assert FLIP() is backend
+    assert not hasattr(client, "_job_backends")
+    with pytest.raises(FlipConfigError, match="outside the calls"):
         FLIP()
 
 

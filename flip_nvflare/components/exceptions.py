@@ -19,11 +19,8 @@ from nvflare.apis.shareable import Shareable
 
 from flip_nvflare.components.session import HubSession
 from flip_nvflare.components.widget import HubWidget, peer_name, result_round
-from flip_nvflare.constants import DEFAULT_FLIP_ID
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders
 from flip_nvflare.errors import FlipConfigError
-
-#: Reply header in which the FLIP client runners put the sanitized exception text.
-EXCEPTION_HEADER = "exception"
 
 #: Return codes that are not a client failure worth reporting by default.
 DEFAULT_IGNORED_RETURN_CODES = (ReturnCode.OK, ReturnCode.TASK_ABORTED)
@@ -67,7 +64,7 @@ class ExceptionForwarder(HubWidget):
     def _log_text(result: Shareable, task_name: str, round_: int | None, return_code: str) -> str:
         when = f" (round {round_})" if round_ is not None else ""
         head = f"Task '{task_name}'{when} failed with {return_code}."
-        text = result.get_header(EXCEPTION_HEADER, None)
+        text = result.get_header(FlipHeaders.EXCEPTION, None)
         if isinstance(text, str) and text.strip():
             if len(text) > _MAX_TEXT:
                 text = text[:_MAX_TEXT] + "\n[truncated]"

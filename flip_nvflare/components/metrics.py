@@ -33,7 +33,7 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from flip_nvflare.components.session import HubSession
 from flip_nvflare.components.widget import ClientRounds, HubWidget, as_round
-from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents
+from flip_nvflare.constants import DEFAULT_FLIP_ID, MAX_X_LABEL, FlipEvents
 from flip_nvflare.core.base import finite_float
 from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.metrics import METRIC_LABEL, METRIC_ROUND, METRIC_VALUE, METRIC_X_LABEL, METRIC_X_VALUE
@@ -43,7 +43,6 @@ FED_ANALYTICS_EVENT = f"fed.{ANALYTIC_EVENT_TYPE}"
 
 _SCALAR_TYPES = (AnalyticsDataType.SCALAR, AnalyticsDataType.METRIC)
 _DICT_TYPES = (AnalyticsDataType.SCALARS, AnalyticsDataType.METRICS)
-_MAX_X_LABEL = 64
 _WARN_FIRST = 5
 _WARN_EVERY = 100
 
@@ -147,11 +146,11 @@ class MetricsForwarder(HubWidget):
             return
         label, x_label = split_x_axis(name)
         x = finite_float(x_value) if x_label else None
-        if x_label is not None and (x is None or len(x_label) > _MAX_X_LABEL):
+        if x_label is not None and (x is None or len(x_label) > MAX_X_LABEL):
             self._warn(
                 fl_ctx,
                 f"Metric {name!r} from {client}: x-axis ignored (needs a finite x value and an x label of "
-                f"1-{_MAX_X_LABEL} characters); plotted against the round.",
+                f"1-{MAX_X_LABEL} characters); plotted against the round.",
             )
             x, x_label = None, None
         if round_ is None:

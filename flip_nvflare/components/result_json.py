@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from flip_nvflare.components.widget import peer_name
 from flip_nvflare.constants import FlipTasks
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.workspace import job_run_dir, write_atomically
 
 #: Folder of the job's run folder where FLIP gathers what is uploaded at the end of the run.
 DEFAULT_RESULTS_DIR = "flip_results"
@@ -64,15 +63,7 @@ def to_jsonable(value: Any) -> Any:
 
 def write_json_atomically(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, allow_nan=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False, default=str))
 
 
 def check_plain_name(name: object, what: str) -> str:
@@ -84,8 +75,7 @@ def check_plain_name(name: object, what: str) -> str:
 
 def results_folder(fl_ctx: FLContext, results_dir: str) -> Path:
     """The run's results folder: ``<run folder>/<results_dir>``."""
-    workspace = fl_ctx.get_engine().get_workspace()
-    return Path(workspace.get_run_dir(fl_ctx.get_job_id())) / results_dir
+    return job_run_dir(fl_ctx) / results_dir
 
 
 class ResultsJsonGenerator(FLComponent):

@@ -41,17 +41,12 @@ from flip_nvflare.components.result_json import (
 )
 from flip_nvflare.components.session import HubSession, RunOutcome
 from flip_nvflare.components.widget import HubWidget, run_outcome
-from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipProps
 from flip_nvflare.errors import FlipConfigError
 
 DEFAULT_INCLUDE = ("app_server/*.pt", "app_server/*.pth", "models/*")
 DEFAULT_REMOVE_AFTER_UPLOAD = ("cross_site_val",)
 SUMMARY_FILE = "run_summary.json"
-#: FLContext property set while FlipEvents.RESULTS_UPLOADED fires: where the results went.
-RESULTS_LOCATION_PROP = "_flip_results_location"
-#: FLContext property set while FlipEvents.RESULTS_UPLOADED / RESULTS_UPLOAD_FAILED fire: the
-#: ``flip_id`` of the uploader, so a job with several FlipBackends reports each upload once.
-RESULTS_FLIP_ID_PROP = "_flip_results_flip_id"
 
 
 def _check_patterns(name: str, patterns: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
@@ -218,6 +213,6 @@ class ResultsUploader(HubWidget):
                 self.log_warning(fl_ctx, f"Could not remove {target} after the upload: {exc}", False)
 
     def _announce(self, fl_ctx: FLContext, event_type: str, location: str | None) -> None:
-        fl_ctx.set_prop(RESULTS_LOCATION_PROP, location, private=True, sticky=False)
-        fl_ctx.set_prop(RESULTS_FLIP_ID_PROP, self.flip_id, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProps.RESULTS_LOCATION, location, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProps.RESULTS_FLIP_ID, self.flip_id, private=True, sticky=False)
         self.fire_event(event_type, fl_ctx)

@@ -26,10 +26,9 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_event_type import AppEventType
 
-from flip_nvflare.components.results import RESULTS_FLIP_ID_PROP
 from flip_nvflare.components.session import HubSession, RunOutcome
 from flip_nvflare.components.widget import HubWidget, run_outcome
-from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, ModelStatus
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipProps, ModelStatus
 from flip_nvflare.core.base import as_model_status
 from flip_nvflare.errors import FlipConfigError, FlipError
 
@@ -120,7 +119,7 @@ class StatusReporter(HubWidget):
         if event_type in _ERROR_EVENTS:
             self._finish(session, ModelStatus.ERROR, fl_ctx, f"event {event_type}")
         elif event_type in _UPLOAD_EVENTS:
-            if fl_ctx.get_prop(RESULTS_FLIP_ID_PROP, None) in (None, self.flip_id):  # not another backend's upload
+            if fl_ctx.get_prop(FlipProps.RESULTS_FLIP_ID, None) in (None, self.flip_id):  # not another backend's upload
                 self._finish(session, _UPLOAD_EVENTS[event_type], fl_ctx, f"event {event_type}")
         elif event_type in self._by_event:
             self._advance(session, self._by_event[event_type], fl_ctx)

@@ -19,11 +19,11 @@ the trust, reaches the hub through ExceptionForwarder).
 
 Event props (read them with ``fl_ctx.get_prop``):
 
-- :data:`PROP_TARGETS` (TRAINING_INITIATED): names of the clients asked to prepare.
-- :data:`PROP_FAILED_CLIENT`, :data:`PROP_FAILURE` (PREPARATION_FAILED): the client (``None`` when
-  the failure is about several) and a short reason without patient data; ``FLContextKey.EVENT_DATA``
-  holds the same as one sentence ("Data preparation failed at site-1: EXECUTION_EXCEPTION").
-- :data:`PROP_SUMMARY` (PREPARATION_DONE): client name -> its preparation summary (counts only).
+- ``FlipProps.PREPARATION_TARGETS`` (TRAINING_INITIATED): names of the clients asked to prepare.
+- ``FlipProps.PREPARATION_FAILED_CLIENT``, ``FlipProps.PREPARATION_FAILURE`` (PREPARATION_FAILED): the
+  client (``None`` when the failure is about several) and a short reason without patient data;
+  ``FLContextKey.EVENT_DATA`` holds the same as one sentence ("Data preparation failed at site-1: EXECUTION_EXCEPTION").
+- ``FlipProps.PREPARATION_SUMMARY`` (PREPARATION_DONE): client name -> its preparation summary (counts only).
 """
 
 from __future__ import annotations
@@ -39,18 +39,8 @@ from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from flip_nvflare.constants import FlipEvents, FlipTasks
+from flip_nvflare.constants import FlipEvents, FlipHeaders, FlipProps, FlipTasks
 from flip_nvflare.errors import FlipConfigError
-
-PROP_TARGETS = "flip.preparation.targets"
-PROP_FAILED_CLIENT = "flip.preparation.failed_client"
-PROP_FAILURE = "flip.preparation.failure"
-PROP_SUMMARY = "flip.preparation.summary"
-
-#: Reply header where CohortPreparer puts its summary (kept in sync with flip_nvflare.executors.cohort).
-_SUMMARY_HEADER = "flip_preparation"
-#: Reply header where ImageCleanup puts its counts (kept in sync with flip_nvflare.executors.cleanup).
-_CLEANUP_HEADER = "flip_cleanup"
 
 
 def _check_count(name: str, value: object, owner: str) -> int:
@@ -127,7 +117,7 @@ class PrepareClients(Controller):
                 f"({', '.join(targets)}).",
             )
             return
-        fl_ctx.set_prop(PROP_TARGETS, list(targets), private=True, sticky=False)
+        fl_ctx.set_prop(FlipProps.PREPARATION_TARGETS, list(targets), private=True, sticky=False)
         self.fire_event(FlipEvents.TRAINING_INITIATED, fl_ctx)
         self.log_info(fl_ctx, f"Asking {len(targets)} client(s) to prepare their data (task {self._task_name!r}).")
 
@@ -169,7 +159,7 @@ class PrepareClients(Controller):
                 f"{', '.join(silent)} {why}.",
             )
             return
-        fl_ctx.set_prop(PROP_SUMMARY, prepared, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProps.PREPARATION_SUMMARY, prepared, private=True, sticky=False)
         self.fire_event(FlipEvents.PREPARATION_DONE, fl_ctx)
         self.log_info(fl_ctx, f"{len(prepared)} client(s) prepared: {_describe(prepared)}.")
 
@@ -193,7 +183,7 @@ class PrepareClients(Controller):
         client_task.result = None
         rc = result.get_return_code(ReturnCode.OK) if isinstance(result, Shareable) else ReturnCode.EXECUTION_EXCEPTION
         if rc == ReturnCode.OK:
-            summary = result.get_header(_SUMMARY_HEADER) if isinstance(result, Shareable) else None
+            summary = result.get_header(FlipHeaders.PREPARATION_SUMMARY) if isinstance(result, Shareable) else None
             with self._lock:
                 self._prepared[name] = summary if isinstance(summary, dict) else {}
             return
@@ -214,8 +204,8 @@ class PrepareClients(Controller):
 
     def _fire_failed(self, fl_ctx: FLContext, client: str | None, reason: str) -> None:
         """Fire PREPARATION_FAILED; the reason (no patient data) is also the event's EVENT_DATA."""
-        fl_ctx.set_prop(PROP_FAILED_CLIENT, client, private=True, sticky=False)
-        fl_ctx.set_prop(PROP_FAILURE, reason, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProps.PREPARATION_FAILED_CLIENT, client, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProps.PREPARATION_FAILURE, reason, private=True, sticky=False)
         where = f" at {client}" if client else ""
         self.fire_event_with_data(
             FlipEvents.PREPARATION_FAILED, fl_ctx, FLContextKey.EVENT_DATA, f"Data preparation failed{where}: {reason}"
@@ -314,7 +304,7 @@ class CleanupClients(Controller):
         name = client_task.client.name
         rc = result.get_return_code(ReturnCode.OK) if isinstance(result, Shareable) else None
         if rc == ReturnCode.OK:
-            counts = result.get_header(_CLEANUP_HEADER) if isinstance(result, Shareable) else None
+            counts = result.get_header(FlipHeaders.CLEANUP_SUMMARY) if isinstance(result, Shareable) else None
             self.log_info(fl_ctx, f"{name} finished {self._task_name!r}: {counts or {}}.")
         else:
             self.log_warning(fl_ctx, f"{name} answered {self._task_name!r} with {rc}.", fire_event=False)

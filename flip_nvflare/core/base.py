@@ -8,23 +8,23 @@ import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import ModelStatus, ResourceType
+from flip_nvflare.constants import MAX_X_LABEL, HubApi, ModelStatus, ResourceType, default_trust_name
 from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from flip_nvflare.retry import RetryPolicy
+
 logger = logging.getLogger(__name__)
 
-_MAX_X_LABEL = 64
 #: Longest exception text sent to the hub's logs (both backends cut it here).
 MAX_LOG_CHARS = 64 * 1024
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
-_SITE_NAME = re.compile(r"site-(\d+)")
 
 ResourceTypes = ResourceType | str | Sequence[ResourceType | str]
 
@@ -133,8 +133,8 @@ def metric_body(
     check_round(round)
     if x_value is not None and finite_float(x_value) is None:
         raise FlipInvalidArgument(f"x_value must be a finite number, got {x_value!r}.")
-    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= _MAX_X_LABEL):
-        raise FlipInvalidArgument(f"x_label must be a string of 1 to {_MAX_X_LABEL} characters.")
+    if x_label is not None and (not isinstance(x_label, str) or not 1 <= len(x_label) <= MAX_X_LABEL):
+        raise FlipInvalidArgument(f"x_label must be a string of 1 to {MAX_X_LABEL} characters.")
     result = finite_float(value)
     if result is None:
         logger.warning("Metric %r of %s skipped: value is not a finite number.", label, client_name)
@@ -160,12 +160,6 @@ def capped_log_text(formatted_exception: object) -> str:
     if len(text) > MAX_LOG_CHARS:
         return text[:MAX_LOG_CHARS] + "\n[truncated]"
     return text
-
-
-def default_trust_name(client_name: str) -> str:
-    """Map an NVFlare client name to a hub trust name: ``site-N`` -> ``Trust_N``, others unchanged."""
-    match = _SITE_NAME.fullmatch(client_name)
-    return f"Trust_{match.group(1)}" if match else client_name
 
 
 def remove_inside(path: str | Path, roots: Sequence[Path]) -> bool:
@@ -293,6 +287,59 @@ class FLIPBase(ABC):
     @abstractmethod
     def cleanup(self, path: str | Path) -> bool:
         """Delete ``path`` if it lies inside a folder this backend may clean; refuse otherwise."""
+
+    # ------------------------------------------------------------------ what components need (with defaults)
+
+    @property
+    def mode(self) -> str:
+        """``"dev"``, ``"prod"``, or ``"custom"`` for another implementation (recorded in manifests)."""
+        return "custom"
+
+    @property
+    def hub_api(self) -> HubApi | None:
+        """The generation of the hub this backend reports to, or ``None`` when it reports to no real hub.
+
+        Raises:
+            FlipConfigError: The backend talks to a hub but its settings are incomplete.
+        """
+        return None
+
+    def images_root(self) -> Path | None:
+        """The folder that holds the accession folders :meth:`get_by_accession_number` downloads.
+
+        Components that track and clean up downloads (CohortPreparer, ImageCleanup) use it; ``None``
+        (the default) means the backend downloads nothing that may be deleted (e.g. dev data).
+        """
+        return None
+
+    def with_retry(self, retry: RetryPolicy) -> FLIPBase:
+        """This backend with ``retry`` as the retry policy of its service calls.
+
+        A layer that owns the retries of its calls (the hub delivery queue, the image downloader)
+        asks for ``with_retry(RetryPolicy.single())`` so attempts never multiply. The default
+        returns the backend itself: a backend without retries of its own has nothing to change.
+        """
+        return self
+
+    def send_progress_event(  # noqa: B027 - optional hook
+        self,
+        model_id: str,
+        event_type: str,
+        global_round: int | None,
+        details: Mapping[str, Any],
+        client_name: str | None = None,
+    ) -> None:
+        """Record a typed progress event (round started, client joined...) of the model at the hub.
+
+        The default does nothing: a backend whose hub has no typed events ignores them.
+
+        Args:
+            model_id: The model (a UUID).
+            event_type: The event's type, e.g. ``ROUND_STARTED``.
+            global_round: The round it belongs to, if any.
+            details: Counts and names only; never patient data.
+            client_name: The client it is about, if any.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release pooled connections and other resources. Safe to call more than once."""

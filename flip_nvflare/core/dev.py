@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import ModelStatus, ResourceType
+from flip_nvflare.constants import ModelStatus, ResourceType, default_trust_name
 from flip_nvflare.core.base import (
     FLIPBase,
     ResourceTypes,
@@ -20,7 +20,6 @@ from flip_nvflare.core.base import (
     check_accession_id,
     check_model_id,
     check_text,
-    default_trust_name,
     metric_body,
     remove_inside,
 )
@@ -72,6 +71,11 @@ class FLIPStandardDev(FLIPBase):
 
     def _path(self, name: str, purpose: str) -> Path:
         return Path(str(self._reader.require(purpose, [name])[name]))
+
+    @property
+    def mode(self) -> str:
+        """``"dev"``."""
+        return "dev"
 
     @property
     def output_dir(self) -> Path:

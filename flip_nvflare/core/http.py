@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -28,44 +27,13 @@ from flip_nvflare.errors import (
     FlipRequestRejected,
     FlipServiceUnavailable,
 )
+from flip_nvflare.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _MAX_DETAIL_CHARS = 300
 REDACTED = "[redacted]"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How transient failures are retried.
-
-    Attributes:
-        max_attempts: Attempts in all, the first included (1 disables retries).
-        initial_delay: Delay before the first retry, in seconds; doubles each retry.
-        max_delay: Cap on one delay, in seconds.
-        total_timeout: Cap on the whole call (attempts and delays), in seconds.
-        jitter: Fraction of each delay that is randomised (0 = none, 1 = "full jitter").
-    """
-
-    max_attempts: int = 5
-    initial_delay: float = 0.2
-    max_delay: float = 5.0
-    total_timeout: float = 60.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.total_timeout <= 0:
-            raise ValueError("RetryPolicy delays must be >= 0 and total_timeout > 0")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("RetryPolicy.jitter must be between 0 and 1")
-
-    def delay(self, retry_number: int, rng: Callable[[], float] = random.random) -> float:
-        """Seconds to wait before retry number ``retry_number`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * (2 ** (retry_number - 1)))
-        return base * (1.0 - self.jitter * rng())
 
 
 def join_url(base_url: str, path: str) -> str:
@@ -189,6 +157,7 @@ class ServiceClient:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         redact: Iterable[str] = (),
+        retry: RetryPolicy | None = None,
     ) -> httpx.Response:
         """Send a request, retrying transient failures, and return the 2xx response.
 
@@ -200,6 +169,7 @@ class ServiceClient:
             params: Query parameters.
             json_body: JSON body, if any (never logged).
             redact: Strings to strip from any ``detail`` the service echoes (SQL, accession id).
+            retry: This call's retry policy, instead of the client's own.
 
         Raises:
             FlipAuthenticationError: HTTP 401.
@@ -212,8 +182,9 @@ class ServiceClient:
         shown = route.format(**path_params)
         url = join_url(self.base_url, path)
         redact = tuple(redact)
+        policy = retry or self._retry
         start = time.monotonic()
-        deadline = start + self._retry.total_timeout
+        deadline = start + policy.total_timeout if policy.total_timeout is not None else math.inf
         attempt = 0
         while True:
             attempt += 1
@@ -256,11 +227,11 @@ class ServiceClient:
                 if response.status_code not in RETRYABLE_STATUS:
                     raise failure
                 retry_after = _retry_after(response)
-            if attempt >= self._retry.max_attempts:
+            if not policy.allows(attempt):
                 raise failure
-            delay = self._retry.delay(attempt)
+            delay = policy.delay(attempt)
             if retry_after is not None:
-                delay = max(delay, min(retry_after, self._retry.max_delay))
+                delay = max(delay, min(retry_after, policy.max_delay))
             if time.monotonic() + delay >= deadline:
                 raise failure
             self._sleep(delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import HubApi, ModelStatus, ResourceType
+from flip_nvflare.constants import HubApi, ModelStatus, ResourceType, default_trust_name
 from flip_nvflare.core.base import (
     FLIPBase,
     ResourceTypes,
@@ -21,11 +22,10 @@ from flip_nvflare.core.base import (
     check_accession_id,
     check_model_id,
     check_text,
-    default_trust_name,
     metric_body,
     remove_inside,
 )
-from flip_nvflare.core.http import RetryPolicy, ServiceClient
+from flip_nvflare.core.http import ServiceClient
 from flip_nvflare.core.results import check_results_folder, results_key, upload_zip, zipped
 from flip_nvflare.core.settings import (
     HubSettings,
@@ -37,8 +37,10 @@ from flip_nvflare.core.settings import (
     read_trust_settings,
 )
 from flip_nvflare.errors import FlipConfigError, FlipInvalidArgument, FlipInvalidResponse
+from flip_nvflare.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    import httpx
     import pandas as pd
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,28 @@ class FLIPStandardProd(FLIPBase):
         self._results: ResultsSettings | None = None
         self._s3: Any = None
 
+    # ---------------------------------------------------------------- what components need
+
+    @property
+    def mode(self) -> str:
+        """``"prod"``."""
+        return "prod"
+
+    @property
+    def hub_api(self) -> HubApi:
+        """The hub generation of the settings (``FLIP_HUB_API``, default H1)."""
+        return self.hub_settings().hub_api
+
+    def images_root(self) -> Path | None:
+        """``<IMAGES_DIR>/<NET_ID>``, where the imaging-api puts accession folders; ``None`` if not configured."""
+        try:
+            settings = self.trust_settings("imaging-api")
+        except FlipConfigError:
+            return None
+        if settings.images_dir is None or not settings.net_id:
+            return None
+        return settings.images_dir / settings.net_id
+
     # ---------------------------------------------------------------- settings and clients
 
     def hub_settings(self) -> HubSettings:
@@ -131,6 +155,20 @@ class FLIPStandardProd(FLIPBase):
             if service not in self._trust:
                 self._trust[service] = read_trust_settings(self._reader, service=service)
             return self._trust[service]
+
+    def with_retry(self, retry: RetryPolicy) -> FLIPStandardProd:
+        """This backend with another retry policy for its HTTP calls (settings and connections shared).
+
+        The delivery queue on the server and the image downloader use ``with_retry(RetryPolicy.single())``
+        so that they alone retry (see :mod:`flip_nvflare.retry`).
+        """
+        view = copy.copy(self)
+        view._retry = retry
+        return view
+
+    def _request(self, service: str, method: str, route: str, **kwargs: Any) -> httpx.Response:
+        """One call to ``service`` through its pooled client, with this backend's retry policy."""
+        return self._client(service).request(method, route, retry=self._retry, **kwargs)
 
     def _client(self, service: str) -> ServiceClient:
         if service == "flip-api":
@@ -166,7 +204,8 @@ class FLIPStandardProd(FLIPBase):
 
         check_text("project_id", project_id)
         check_text("query", query)
-        response = self._client("data-access-api").request(
+        response = self._request(
+            "data-access-api",
             "POST",
             "/cohort/dataframe",
             json_body={"encrypted_project_id": project_id, "query": query},
@@ -189,12 +228,12 @@ class FLIPStandardProd(FLIPBase):
         check_text("project_id", project_id)
         check_accession_id(accession_id)
         types = as_resource_types(resource_type)
-        client = self._client("imaging-api")
         settings = self.trust_settings("imaging-api")
         assert settings.net_id is not None
         folder: Path | None = None
         for rt in types:
-            response = client.request(
+            response = self._request(
+                "imaging-api",
                 "POST",
                 "/download/images/{net_id}",
                 path_params={"net_id": settings.net_id},
@@ -228,7 +267,6 @@ class FLIPStandardProd(FLIPBase):
         check_accession_id(resource_id)
         if not files:
             raise FlipInvalidArgument("files must list at least one file to upload.")
-        client = self._client("imaging-api")
         settings = self.trust_settings("imaging-api")
         if settings.images_dir is None:
             raise FlipConfigError("Missing setting to upload images: IMAGES_DIR (the shared images volume).")
@@ -250,7 +288,8 @@ class FLIPStandardProd(FLIPBase):
             shutil.copyfile(source, target)
             staged.append(target)
             relative.append(target.relative_to(upload_root).as_posix())
-        response = client.request(
+        response = self._request(
+            "imaging-api",
             "PUT",
             "/upload/images/{net_id}",
             path_params={"net_id": settings.net_id},
@@ -293,7 +332,8 @@ class FLIPStandardProd(FLIPBase):
         model_id = check_model_id(model_id)
         status = as_model_status(new_model_status)
         hub = self.hub_settings()
-        self._client("flip-api").request(
+        self._request(
+            "flip-api",
             "PUT",
             "/model/{model_id}/status/{status}",
             path_params={"model_id": model_id, "status": hub.hub_api.status_name(status)},
@@ -319,8 +359,8 @@ class FLIPStandardProd(FLIPBase):
         if self.hub_settings().hub_api is not HubApi.H2:  # H1 plots against the round only
             body.pop("x_value", None)
             body.pop("x_label", None)
-        self._client("flip-api").request(
-            "POST", "/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
+        self._request(
+            "flip-api", "POST", "/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
         )
         return True
 
@@ -331,7 +371,8 @@ class FLIPStandardProd(FLIPBase):
         model_id = check_model_id(model_id)
         check_text("client_name", client_name)
         text = capped_log_text(formatted_exception)
-        self._client("flip-api").request(
+        self._request(
+            "flip-api",
             "POST",
             "/model/{model_id}/logs",
             path_params={"model_id": model_id},
@@ -366,9 +407,7 @@ class FLIPStandardProd(FLIPBase):
         }
         if global_round is not None:
             body["global_round"] = global_round
-        self._client("flip-api").request(
-            "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body
-        )
+        self._request("flip-api", "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body)
 
     def results_settings(self) -> ResultsSettings:
         """The S3 settings, read and checked on first use."""

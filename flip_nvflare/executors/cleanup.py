@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import threading
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,21 +28,19 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
 from flip_nvflare.backend import get_flip_backend
-from flip_nvflare.constants import DEFAULT_FLIP_ID
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders
 from flip_nvflare.core.base import FLIPBase
+from flip_nvflare.errors import format_traceback
 from flip_nvflare.executors.claims import ImageClaims, ReleaseOutcome
-from flip_nvflare.executors.context import job_run_dir
 from flip_nvflare.executors.manifest import (
     MANIFEST_FILE,
     CohortManifest,
     PreparedCohortError,
-    atomic_write_text,
     prepared_dir,
 )
+from flip_nvflare.workspace import job_run_dir, write_atomically
 
 CLEANUP_RECORD = "cleanup.json"
-#: Reply header carrying the cleanup counts (a dict of ints).
-CLEANUP_SUMMARY_HEADER = "flip_cleanup"
 
 
 @dataclass
@@ -124,10 +121,10 @@ class ImageCleanup(Executor):
             summary = self.clean(fl_ctx)
         except Exception as exc:
             # Local log only: cleanup failures never carry patient data to the hub, and never fail the job.
-            self.log_error(fl_ctx, f"Image cleanup failed: {format_exception(exc)}", fire_event=False)
-            return make_reply(ReturnCode.OK, headers={CLEANUP_SUMMARY_HEADER: {"failed": -1}})
+            self.log_error(fl_ctx, f"Image cleanup failed: {format_traceback(exc)}", fire_event=False)
+            return make_reply(ReturnCode.OK, headers={FlipHeaders.CLEANUP_SUMMARY: {"failed": -1}})
         reply = make_reply(ReturnCode.OK)
-        reply.set_header(CLEANUP_SUMMARY_HEADER, asdict(summary) if summary else {})
+        reply.set_header(FlipHeaders.CLEANUP_SUMMARY, asdict(summary) if summary else {})
         return reply
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -136,7 +133,7 @@ class ImageCleanup(Executor):
             try:
                 self.clean(fl_ctx)
             except Exception as exc:
-                self.log_error(fl_ctx, f"Image cleanup at END_RUN failed: {format_exception(exc)}", fire_event=False)
+                self.log_error(fl_ctx, f"Image cleanup at END_RUN failed: {format_traceback(exc)}", fire_event=False)
 
     def clean(self, fl_ctx: FLContext) -> CleanupSummary | None:
         """Release this job's claims; return the counts, or ``None`` if nothing was prepared."""
@@ -160,11 +157,6 @@ class ImageCleanup(Executor):
             return summary
 
 
-def format_exception(exc: BaseException) -> str:
-    """The full traceback of ``exc``, for the client's local log only."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
 def _delete_cohort_files(folder: Path, manifest: CohortManifest, summary: CleanupSummary) -> bool:
     """Replace the manifest and dataframe by a record of counts; return True when done."""
     record = {
@@ -175,7 +167,7 @@ def _delete_cohort_files(folder: Path, manifest: CohortManifest, summary: Cleanu
         "accessions": len(manifest.images),
         "cleanup": {k: v for k, v in asdict(summary).items() if k != "cohort_files_deleted"},
     }
-    atomic_write_text(folder / CLEANUP_RECORD, json.dumps(record, indent=1, sort_keys=True))
+    write_atomically(folder / CLEANUP_RECORD, json.dumps(record, indent=1, sort_keys=True))
     if manifest.cohort_file:
         (folder / manifest.cohort_file).unlink(missing_ok=True)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)

@@ -35,13 +35,13 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
 from flip_nvflare.backend import get_flip_backend
-from flip_nvflare.constants import DEFAULT_FLIP_ID, ResourceType
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders, ResourceType
 from flip_nvflare.core.base import FLIPBase, as_resource_types, check_accession_id
-from flip_nvflare.errors import FlipConfigError, FlipError
+from flip_nvflare.errors import FlipConfigError, PreparationError, format_traceback
 from flip_nvflare.executors.claims import ImageClaims, make_claim_token
-from flip_nvflare.executors.cleanup import format_exception, release_images
-from flip_nvflare.executors.context import backend_mode, config_text, job_custom_dir, job_run_dir, net_dir, site_name
-from flip_nvflare.executors.downloads import FetchReport, ImageFetcher, Progress
+from flip_nvflare.executors.cleanup import release_images
+from flip_nvflare.executors.context import config_text, site_name
+from flip_nvflare.executors.downloads import FetchReport, ImageFetcher, Progress, download_retry
 from flip_nvflare.executors.manifest import (
     COHORT_FILE,
     CohortManifest,
@@ -53,20 +53,14 @@ from flip_nvflare.executors.manifest import (
     prepared_dir,
 )
 from flip_nvflare.executors.sanitize import Sanitizer
+from flip_nvflare.retry import RetryPolicy
+from flip_nvflare.workspace import job_custom_dir, job_run_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: Image requests in flight at once, by default.
 DEFAULT_CONCURRENCY = 4
-#: Reply header carrying the preparation summary (counts only), read by InitTraining/InitEvaluation.
-PREPARATION_SUMMARY_HEADER = "flip_preparation"
-#: Reply header carrying the sanitized failure text (the name NVFlare and FLIP use).
-EXCEPTION_HEADER = "exception"
-
-
-class PreparationError(FlipError):
-    """The cohort could not be prepared; the message is safe to send to the hub."""
 
 
 class CohortPreparer(Executor):
@@ -104,22 +98,23 @@ class CohortPreparer(Executor):
     ) -> None:
         super().__init__()
         self._resource_types: list[ResourceType] = as_resource_types(resource_types)
-        for name, value, low in (("concurrency", concurrency, 1), ("retries", retries, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise FlipConfigError(f"CohortPreparer: {name} must be an integer >= {low}, got {value!r}.")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise FlipConfigError(f"CohortPreparer: concurrency must be an integer >= 1, got {concurrency!r}.")
+        try:
+            self._retry = download_retry(retries, retry_delay)
+        except FlipConfigError as exc:
+            raise FlipConfigError(f"CohortPreparer: {exc}") from None
         if not isinstance(max_missing_fraction, (int, float)) or not 0 <= max_missing_fraction <= 1:
             raise FlipConfigError(
                 f"CohortPreparer: max_missing_fraction must be between 0 and 1, got {max_missing_fraction!r}."
             )
         if not isinstance(accession_column, str) or not accession_column:
             raise FlipConfigError("CohortPreparer: accession_column must name a dataframe column.")
-        if retry_delay < 0 or progress_interval <= 0:
-            raise FlipConfigError("CohortPreparer: retry_delay must be >= 0 and progress_interval > 0.")
+        if progress_interval <= 0:
+            raise FlipConfigError("CohortPreparer: progress_interval must be > 0.")
         self._project_id = project_id
         self._query = query
         self._concurrency = concurrency
-        self._retries = retries
-        self._retry_delay = float(retry_delay)
         self._max_missing_fraction = float(max_missing_fraction)
         self._accession_column = accession_column
         self._download_images = bool(download_images)
@@ -146,11 +141,11 @@ class CohortPreparer(Executor):
             self.log_error(fl_ctx, f"Cohort preparation failed: {exc}", fire_event=False)
             return self._failure(fl_ctx, str(exc))
         except Exception as exc:
-            self.log_error(fl_ctx, f"Cohort preparation failed:\n{format_exception(exc)}", fire_event=False)
+            self.log_error(fl_ctx, f"Cohort preparation failed:\n{format_traceback(exc)}", fire_event=False)
             return self._failure(fl_ctx, f"CohortPreparer could not prepare the cohort: {type(exc).__name__}: {exc}")
         if summary.get("stopped"):
             return make_reply(ReturnCode.TASK_ABORTED)
-        return make_reply(ReturnCode.OK, headers={PREPARATION_SUMMARY_HEADER: summary})
+        return make_reply(ReturnCode.OK, headers={FlipHeaders.PREPARATION_SUMMARY: summary})
 
     def _failure(self, fl_ctx: FLContext, text: str) -> Shareable:
         """An execution-exception reply whose ``exception`` header is ``text``, sanitized."""
@@ -160,7 +155,7 @@ class CohortPreparer(Executor):
             secrets=[self._project_id if isinstance(self._project_id, str) else None],
             code_roots=[p for p in [job_custom_dir(fl_ctx)] if p is not None],
         )
-        return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={EXCEPTION_HEADER: sanitizer.text(text)})
+        return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={FlipHeaders.EXCEPTION: sanitizer.text(text)})
 
     # ------------------------------------------------------------------ the preparation
 
@@ -190,7 +185,7 @@ class CohortPreparer(Executor):
         folder.mkdir(parents=True, exist_ok=True)
         frame.to_pickle(folder / COHORT_FILE)
 
-        mode = backend_mode(backend)
+        mode = backend.mode
         accessions = self._accessions(frame) if self._download_images else []
         manifest = CohortManifest(
             job_id=str(fl_ctx.get_job_id()),
@@ -230,7 +225,7 @@ class CohortPreparer(Executor):
     def _claims(self, fl_ctx: FLContext, backend: FLIPBase, manifest: CohortManifest) -> ImageClaims | None:
         if manifest.mode != "prod":
             return None
-        root = net_dir(backend)
+        root = backend.images_root()
         if root is None:
             self.log_warning(
                 fl_ctx,
@@ -254,6 +249,7 @@ class CohortPreparer(Executor):
         abort_signal: Signal | None,
     ) -> FetchReport:
         default_origin = Origin.DEV if manifest.mode == "dev" else Origin.UNMANAGED
+        single_attempt = backend.with_retry(RetryPolicy.single())  # the fetcher alone retries
         origins: dict[str, str] = {}
         lock = threading.Lock()
 
@@ -265,7 +261,7 @@ class CohortPreparer(Executor):
                 origin = claims.claim(accession) if claims is not None else default_origin
                 with lock:
                     origins[accession] = origin
-            return backend.get_by_accession_number(project_id, accession, self._resource_types)
+            return single_attempt.get_by_accession_number(project_id, accession, self._resource_types)
 
         def progress(snapshot: Progress) -> None:
             self.log_info(fl_ctx, f"Images: {snapshot.describe()}")
@@ -273,8 +269,7 @@ class CohortPreparer(Executor):
         fetcher = ImageFetcher(
             fetch,
             concurrency=self._concurrency,
-            retries=self._retries,
-            retry_delay=self._retry_delay,
+            retry=self._retry,
             progress=progress if accessions else None,
             progress_interval=self._progress_interval,
             should_stop=(lambda: bool(abort_signal.triggered)) if abort_signal is not None else None,

@@ -1,12 +1,13 @@
 """Fetching the images of many accessions with bounded concurrency, retries and progress reports.
 
 :class:`ImageFetcher` runs a ``fetch(accession_id) -> folder`` callable (normally the backend's
-``get_by_accession_number``) for every accession, at most ``concurrency`` at a time. A transient
-failure (the service unavailable even after the HTTP client's own retries) is tried again after a
-growing delay; a failure that cannot improve (not found, rejected) is recorded as the accession's
-reason for being missing; a failure that dooms every request (the service refuses the key, a
-setting is missing) stops the whole run at once. Progress is reported as counts, rate and ETA,
-never as accession ids, and reasons never contain them either.
+``get_by_accession_number``, over a backend view that makes one attempt per call, so this is the
+only layer that retries) for every accession, at most ``concurrency`` at a time. A transient
+failure (the service unavailable, a timeout) is tried again by the fetcher's retry policy; a
+failure that cannot improve (not found, rejected) is recorded as the accession's reason for being
+missing; a failure that dooms every request (the service refuses the key, a setting is missing)
+stops the whole run at once. Progress is reported as counts, rate and ETA, never as accession
+ids, and reasons never contain them either.
 
 This module is pure Python: it knows nothing of NVFlare.
 """
@@ -31,10 +32,10 @@ from flip_nvflare.errors import (
     FlipRequestRejected,
     FlipServiceUnavailable,
 )
+from flip_nvflare.retry import RetryPolicy
 
 #: Reason given to accessions never tried because the run was stopped.
 NOT_ATTEMPTED = "not attempted: preparation was stopped"
-_MAX_RETRY_DELAY = 30.0
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,42 @@ def describe_failure(exc: BaseException) -> str:
     return f"failed ({type(exc).__name__})"
 
 
+def download_retry(retries: int, retry_delay: float) -> RetryPolicy:
+    """The fetcher's retry policy from CohortPreparer's job-config arguments.
+
+    Args:
+        retries: Extra attempts after the first (>= 0).
+        retry_delay: Seconds before the first extra attempt; doubles each time, capped at 30 s.
+
+    Raises:
+        FlipConfigError: ``retries`` is not an integer >= 0 or ``retry_delay`` is negative.
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise FlipConfigError(f"retries must be an integer >= 0, got {retries!r}.")
+    if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)) or not 0 <= retry_delay < 1e6:
+        raise FlipConfigError(f"retry_delay must be a number of seconds >= 0, got {retry_delay!r}.")
+    return RetryPolicy(
+        max_attempts=retries + 1,
+        initial_delay=float(retry_delay),
+        max_delay=max(30.0, float(retry_delay)),
+        total_timeout=None,
+        jitter=0.0,
+    )
+
+
+def default_download_retry() -> RetryPolicy:
+    """Three attempts in all, 1 s then 2 s apart."""
+    return download_retry(2, 1.0)
+
+
 class ImageFetcher:
     """Runs ``fetch`` for many accessions, ``concurrency`` at a time.
 
     Args:
         fetch: Makes one accession's images available and returns their folder.
         concurrency: Fetches in flight at once (>= 1).
-        retries: Extra attempts for an accession whose failure was transient (>= 0).
-        retry_delay: Seconds before the first extra attempt; doubles each time (capped at 30 s).
+        retry: How an accession whose failure was transient is tried again (default: 3 attempts in
+            all, 1 s then 2 s apart). Its ``total_timeout`` bounds the time spent on one accession.
         progress: Called with a :class:`Progress` every ``progress_interval`` seconds and at the end.
         progress_interval: Seconds between progress reports.
         should_stop: Polled between fetches; when it returns True no new fetch starts.
@@ -152,8 +181,7 @@ class ImageFetcher:
         fetch: Callable[[str], Path],
         *,
         concurrency: int = 4,
-        retries: int = 2,
-        retry_delay: float = 1.0,
+        retry: RetryPolicy | None = None,
         progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
         should_stop: Callable[[], bool] | None = None,
@@ -161,14 +189,11 @@ class ImageFetcher:
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise FlipConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}.")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise FlipConfigError(f"retries must be an integer >= 0, got {retries!r}.")
-        if retry_delay < 0 or progress_interval <= 0:
-            raise FlipConfigError("retry_delay must be >= 0 and progress_interval > 0 seconds.")
+        if progress_interval <= 0:
+            raise FlipConfigError("progress_interval must be > 0 seconds.")
         self._fetch = fetch
         self._concurrency = concurrency
-        self._retries = retries
-        self._retry_delay = retry_delay
+        self._retry = retry or default_download_retry()
         self._progress = progress
         self._progress_interval = progress_interval
         self._should_stop = should_stop or (lambda: False)
@@ -227,6 +252,7 @@ class ImageFetcher:
 
     def _one(self, accession: str) -> FetchResult:
         attempts = 0
+        deadline = None if self._retry.total_timeout is None else time.monotonic() + self._retry.total_timeout
         while True:
             attempts += 1
             try:
@@ -237,6 +263,9 @@ class ImageFetcher:
                         if self._fatal is None:
                             self._fatal = exc
                     return FetchResult(None, describe_failure(exc), attempts)
-                if not is_transient(exc) or attempts > self._retries or self._should_stop():
+                if not is_transient(exc) or not self._retry.allows(attempts) or self._should_stop():
                     return FetchResult(None, describe_failure(exc), attempts)
-            self._sleep(min(_MAX_RETRY_DELAY, self._retry_delay * 2 ** (attempts - 1)))
+                delay = self._retry.delay(attempts)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    return FetchResult(None, describe_failure(exc), attempts)
+            self._sleep(delay)

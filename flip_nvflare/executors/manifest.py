@@ -18,15 +18,14 @@ This module is pure Python (pandas is imported only to load the dataframe).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.errors import FlipError
+from flip_nvflare.errors import FlipKeyError, PreparedCohortError
+from flip_nvflare.workspace import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,10 +56,6 @@ class Status:
 
     READY = "ready"
     MISSING = "missing"
-
-
-class PreparedCohortError(FlipError):
-    """The job has no prepared cohort (or it cannot be read); the message says what to do."""
 
 
 @dataclass
@@ -122,7 +117,7 @@ class CohortManifest:
         """Write ``manifest.json`` into ``folder`` atomically; return its path."""
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / MANIFEST_FILE
-        atomic_write_text(target, json.dumps(self.to_json(), indent=1, sort_keys=True))
+        write_atomically(target, json.dumps(self.to_json(), indent=1, sort_keys=True))
         return target
 
     @classmethod
@@ -146,18 +141,6 @@ class CohortManifest:
 def prepared_dir(run_dir: str | Path) -> Path:
     """The folder holding the prepared cohort inside a job's run folder."""
     return Path(run_dir) / PREPARED_DIR
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    """Write ``text`` to ``target`` so readers see either the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cohort_identifiers(run_dir: str | Path, extra_columns: Iterable[str] = ()) -> list[str]:
@@ -261,14 +244,14 @@ class PreparedCohort:
         """The local folder of one accession's images.
 
         Raises:
-            KeyError: The accession is not in the cohort, or its images are missing (the message
+            FlipKeyError: The accession is not in the cohort, or its images are missing (the message
                 gives the reason, not the id).
         """
         entry = self.manifest.images.get(accession_id)
         if entry is None:
-            raise KeyError("This accession is not part of the prepared cohort.")
+            raise FlipKeyError("This accession is not part of the prepared cohort.")
         if entry.status != Status.READY or not entry.folder:
-            raise KeyError(f"This accession's images are missing: {entry.reason or 'unknown reason'}.")
+            raise FlipKeyError(f"This accession's images are missing: {entry.reason or 'unknown reason'}.")
         return Path(entry.folder)
 
     def ready_dataframe(self, folder_column: str = "image_folder") -> pd.DataFrame:

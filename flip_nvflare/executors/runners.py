@@ -22,7 +22,6 @@ import importlib.util
 import inspect
 import sys
 import threading
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,18 +40,12 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flip_nvflare.backend import get_flip_backend
 from flip_nvflare.client import using_backend, using_run_dir
-from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipTasks
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders, FlipTasks
 from flip_nvflare.core.base import FLIPBase
-from flip_nvflare.errors import FlipError
-from flip_nvflare.executors.context import job_custom_dir, job_run_dir
+from flip_nvflare.errors import FlipAppError, format_traceback
 from flip_nvflare.executors.manifest import cohort_identifiers
 from flip_nvflare.executors.sanitize import DEFAULT_MAX_CHARS, Sanitizer
-
-EXCEPTION_HEADER = "exception"
-
-
-class FlipAppError(FlipError):
-    """The user's app is not what a FLIP job needs (missing file or class, wrong constructor)."""
+from flip_nvflare.workspace import job_custom_dir, job_run_dir
 
 
 @dataclass(frozen=True)
@@ -110,7 +103,7 @@ class _AppRunner(Executor):
             except Exception as exc:
                 self.log_error(
                     fl_ctx,
-                    f"{self.role.class_name}.handle_event({event_type}) raised:\n{_format(exc)}",
+                    f"{self.role.class_name}.handle_event({event_type}) raised:\n{format_traceback(exc)}",
                     fire_event=False,
                 )
 
@@ -127,12 +120,16 @@ class _AppRunner(Executor):
                 )
         except (Exception, SystemExit) as exc:  # a user's sys.exit() must not take the client down
             self.log_error(
-                fl_ctx, f"{self.role.class_name} failed on task {task_name!r}:\n{_format(exc)}", fire_event=False
+                fl_ctx,
+                f"{self.role.class_name} failed on task {task_name!r}:\n{format_traceback(exc)}",
+                fire_event=False,
             )
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={EXCEPTION_HEADER: self._safe_text(fl_ctx, exc)})
-        reported = result.get_header(EXCEPTION_HEADER)
+            return make_reply(
+                ReturnCode.EXECUTION_EXCEPTION, headers={FlipHeaders.EXCEPTION: self._safe_text(fl_ctx, exc)}
+            )
+        reported = result.get_header(FlipHeaders.EXCEPTION)
         if reported is not None:
-            result.set_header(EXCEPTION_HEADER, self._safe_text(fl_ctx, str(reported)))
+            result.set_header(FlipHeaders.EXCEPTION, self._safe_text(fl_ctx, str(reported)))
         return result
 
     # ------------------------------------------------------------------ the user's object
@@ -174,7 +171,7 @@ class _AppRunner(Executor):
             sanitizer = self._sanitizer(fl_ctx)
             return sanitizer.exception(what) if isinstance(what, BaseException) else sanitizer.text(what)
         except Exception as exc:
-            self.log_error(fl_ctx, f"Sanitizing the exception text failed:\n{_format(exc)}", fire_event=False)
+            self.log_error(fl_ctx, f"Sanitizing the exception text failed:\n{format_traceback(exc)}", fire_event=False)
             kind = type(what).__name__ if isinstance(what, BaseException) else "error"
             return f"{self.role.class_name} failed with {kind} (details withheld: see the client's log)."
 
@@ -415,7 +412,3 @@ def _same_file(module: ModuleType, path: Path) -> bool:
         return file is not None and Path(file).resolve() == path.resolve()
     except OSError:
         return False
-
-
-def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

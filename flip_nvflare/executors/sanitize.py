@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 import sys
 import sysconfig
-import traceback
 from collections.abc import Iterable
 from pathlib import Path
+
+from flip_nvflare.errors import FlipConfigError, format_traceback
 
 #: Default cap on the sanitized text, in characters.
 DEFAULT_MAX_CHARS = 8000
@@ -70,7 +71,7 @@ class Sanitizer:
         max_chars: int = DEFAULT_MAX_CHARS,
     ) -> None:
         if max_chars < 200:
-            raise ValueError("Sanitizer.max_chars must be at least 200.")
+            raise FlipConfigError("Sanitizer.max_chars must be at least 200.")
         self.max_chars = max_chars
         self._ids: set[str] = set()
         for value in identifiers:
@@ -88,8 +89,7 @@ class Sanitizer:
 
     def exception(self, exc: BaseException) -> str:
         """The formatted traceback of ``exc`` (with its chained causes), sanitized and capped."""
-        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return self.text(formatted)
+        return self.text(format_traceback(exc))
 
     def text(self, text: str) -> str:
         """``text`` with identifiers, the query, secrets, SQL and data paths redacted, capped in length."""

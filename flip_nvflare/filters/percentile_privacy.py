@@ -38,6 +38,8 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
+from flip_nvflare.errors import FlipArgumentTypeError, FlipConfigError, FlipInvalidArgument
+
 __all__ = ["PercentilePrivacy"]
 
 Array = np.ndarray[Any, Any]
@@ -92,8 +94,8 @@ class PercentilePrivacy(DXOFilter):
         in_place: Allow changing arrays that only the task result references. Defaults to True.
 
     Raises:
-        TypeError: An argument has the wrong type.
-        ValueError: An argument is out of range or weaker than the site minimum.
+        FlipArgumentTypeError: An argument has the wrong type (a TypeError).
+        FlipConfigError: An argument is out of range or weaker than the site minimum (a ValueError).
     """
 
     def __init__(
@@ -107,7 +109,9 @@ class PercentilePrivacy(DXOFilter):
         in_place: bool = True,
     ) -> None:
         if data_kinds is not None and not isinstance(data_kinds, list):
-            raise TypeError(f"PercentilePrivacy: data_kinds must be a list of DXO data kinds, got {data_kinds!r}")
+            raise FlipArgumentTypeError(
+                f"PercentilePrivacy: data_kinds must be a list of DXO data kinds, got {data_kinds!r}"
+            )
         if not data_kinds:
             data_kinds = [DataKind.WEIGHT_DIFF, DataKind.WEIGHTS]
         super().__init__(supported_data_kinds=[DataKind.WEIGHTS, DataKind.WEIGHT_DIFF], data_kinds_to_filter=data_kinds)
@@ -127,40 +131,44 @@ class PercentilePrivacy(DXOFilter):
         min_percentile, max_gamma = self.min_percentile, self.max_gamma
         _check_real("percentile", percentile)
         if not 0 <= percentile <= 100:
-            raise ValueError(
+            raise FlipConfigError(
                 f"PercentilePrivacy: percentile must be between 0 and 100, got {percentile!r}; "
                 "e.g. 10 shares only changes at or above the 10th percentile of absolute changes"
             )
         _check_real("gamma", gamma)
         if not (gamma > 0 and math.isfinite(gamma)):
-            raise ValueError(
+            raise FlipConfigError(
                 f"PercentilePrivacy: gamma must be a positive finite number, got {gamma!r}; "
                 "e.g. 0.01 clips every shared change to [-0.01, 0.01]"
             )
         if not isinstance(off, bool):
-            raise TypeError(f"PercentilePrivacy: off must be true or false, got {off!r}")
+            raise FlipArgumentTypeError(f"PercentilePrivacy: off must be true or false, got {off!r}")
         if not isinstance(in_place, bool):
-            raise TypeError(f"PercentilePrivacy: in_place must be true or false, got {in_place!r}")
+            raise FlipArgumentTypeError(f"PercentilePrivacy: in_place must be true or false, got {in_place!r}")
         if min_percentile is not None:
             _check_real("min_percentile", min_percentile)
             if not 0 <= min_percentile <= 100:
-                raise ValueError(f"PercentilePrivacy: min_percentile must be between 0 and 100, got {min_percentile!r}")
+                raise FlipConfigError(
+                    f"PercentilePrivacy: min_percentile must be between 0 and 100, got {min_percentile!r}"
+                )
             if percentile < min_percentile:
-                raise ValueError(
+                raise FlipConfigError(
                     f"PercentilePrivacy: percentile {percentile!r} is below the site minimum "
                     f"{min_percentile!r}; set percentile to at least {min_percentile!r}"
                 )
         if max_gamma is not None:
             _check_real("max_gamma", max_gamma)
             if not (max_gamma > 0 and math.isfinite(max_gamma)):
-                raise ValueError(f"PercentilePrivacy: max_gamma must be a positive finite number, got {max_gamma!r}")
+                raise FlipConfigError(
+                    f"PercentilePrivacy: max_gamma must be a positive finite number, got {max_gamma!r}"
+                )
             if gamma > max_gamma:
-                raise ValueError(
+                raise FlipConfigError(
                     f"PercentilePrivacy: gamma {gamma!r} is above the site maximum {max_gamma!r}; "
                     f"set gamma to at most {max_gamma!r}"
                 )
         if off and (min_percentile is not None or max_gamma is not None):
-            raise ValueError(
+            raise FlipConfigError(
                 "PercentilePrivacy: a filter that carries a site minimum (min_percentile or max_gamma) "
                 "cannot be switched off; remove 'off' or the minimum"
             )
@@ -177,18 +185,21 @@ class PercentilePrivacy(DXOFilter):
             The same DXO with filtered data, or None when the filter is off.
 
         Raises:
-            TypeError: A layer is not a real-valued numpy array or scalar.
-            ValueError: The DXO has no values, or its NUM_STEPS_CURRENT_ROUND meta is not a number.
+            FlipArgumentTypeError: A layer is not a real-valued numpy array or scalar (a TypeError).
+            FlipInvalidArgument: The DXO has no values, or its NUM_STEPS_CURRENT_ROUND meta is not a
+                number (a ValueError).
         """
         self._check_settings()
         if self.off:
             return None
         data = dxo.data
         if not isinstance(data, dict):
-            raise TypeError(f"PercentilePrivacy: DXO data must be a dict of arrays, got {type(data).__name__}")
+            raise FlipArgumentTypeError(
+                f"PercentilePrivacy: DXO data must be a dict of arrays, got {type(data).__name__}"
+            )
         steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
         if not (_is_real(steps) and 0 < steps < math.inf):
-            raise ValueError(
+            raise FlipInvalidArgument(
                 f"PercentilePrivacy: the DXO meta '{MetaKey.NUM_STEPS_CURRENT_ROUND}' must be a positive "
                 f"number, got {steps!r}; set it to the number of local steps, or leave it out"
             )
@@ -213,8 +224,8 @@ def _filter_layers(
         A new dict with the same keys in the same order and the filtered values.
 
     Raises:
-        TypeError: A layer is not a real-valued numpy array or scalar.
-        ValueError: There are no values at all.
+        FlipArgumentTypeError: A layer is not a real-valued numpy array or scalar (a TypeError).
+        FlipInvalidArgument: There are no values at all (a ValueError).
     """
     for name in data:
         _check_layer(name, data[name])
@@ -241,7 +252,9 @@ def _filter_layers(
 
     total = sum(p.size for p in pieces)
     if total == 0:
-        raise ValueError("PercentilePrivacy: the update has no values (every layer is empty); nothing to filter")
+        raise FlipInvalidArgument(
+            "PercentilePrivacy: the update has no values (every layer is empty); nothing to filter"
+        )
     common = functools.reduce(np.promote_types, [p.dtype for p in pieces])  # np.concatenate's dtype
     cutoff = _percentile_of_abs(pieces, common, total, percentile)
 
@@ -260,9 +273,9 @@ def _is_real(value: object) -> bool:
 
 def _check_real(name: str, value: object) -> None:
     if not _is_real(value):
-        raise TypeError(f"PercentilePrivacy: {name} must be a number, got {value!r}")
+        raise FlipArgumentTypeError(f"PercentilePrivacy: {name} must be a number, got {value!r}")
     if math.isnan(value):  # type: ignore[arg-type]
-        raise ValueError(f"PercentilePrivacy: {name} must be a number, got NaN")
+        raise FlipInvalidArgument(f"PercentilePrivacy: {name} must be a number, got NaN")
 
 
 def _check_layer(name: str, value: object) -> None:
@@ -273,7 +286,7 @@ def _check_layer(name: str, value: object) -> None:
         what = f"numpy dtype {value.dtype}"
     else:
         what = type(value).__module__ + "." + type(value).__qualname__
-    raise TypeError(
+    raise FlipArgumentTypeError(
         f"PercentilePrivacy: layer {name!r} is {what}; the filter takes real-valued numpy arrays only "
         "(send numpy parameters, e.g. params converted to numpy before they leave the executor)"
     )

@@ -22,14 +22,14 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.errors import FlipConfigError, SitePolicyError
+from flip_nvflare.workspace import write_atomically
 
 __all__ = [
     "PercentileSetting",
@@ -69,15 +69,6 @@ FILTERED_KINDS = ["WEIGHT_DIFF", "WEIGHTS"]
 _SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOP_KEYS = ("version", "minimum", "default_scope", "scopes", "allowed_result_kinds")
 _FILTER_KEY = "percentile_privacy"
-
-
-class SitePolicyError(FlipConfigError):
-    """The site policy file is missing or invalid; the message lists every problem found."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -461,15 +452,6 @@ def render_site_policy(policy_path: str | os.PathLike[str], site_workspace: str 
 
 def _write_atomically(target: Path, text: str) -> None:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".privacy.", suffix=".json", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(temp, 0o644)
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomically(target, text, mode=0o644)
     except OSError as exc:
         raise FlipConfigError(f"cannot write {os.fspath(target)!r}: {exc.strerror or exc}") from None

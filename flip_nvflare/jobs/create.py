@@ -27,7 +27,7 @@ from typing import Any
 
 from flip_nvflare.constants import FlipMode, JobType
 from flip_nvflare.core.base import check_model_id
-from flip_nvflare.errors import FlipConfigError, FlipError
+from flip_nvflare.errors import FlipConfigError, FlipError, FlipJobError
 from flip_nvflare.jobs.check import CONFIG_FILE, check_app, evaluation_checkpoints, format_problems
 from flip_nvflare.jobs.templates import TEMPLATE_NAMES, as_job_type, template_dir
 
@@ -44,10 +44,6 @@ IGNORED_NAMES = ("__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".DS_Stor
 #: Dev-data layout: ``<dev data>/<site>/cohort.csv`` and ``<dev data>/<site>/images/<accession>/``.
 DEV_COHORT = "cohort.csv"
 DEV_IMAGES = "images"
-
-
-class FlipJobError(FlipError):
-    """The job cannot be created; the message says what to change."""
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from flip_nvflare.constants import HubApi, ModelStatus, ResourceType
+from flip_nvflare.constants import HubApi, ModelStatus, ResourceType, default_trust_name
 from flip_nvflare.core.base import (
     as_model_status,
     as_resource_types,
     check_accession_id,
     check_model_id,
     check_round,
-    default_trust_name,
     finite_float,
     remove_inside,
 )

@@ -23,10 +23,14 @@ RECORDER = textwrap.dedent(
     from nvflare.apis.fl_component import FLComponent
     from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 
-    from flip_nvflare.constants import FlipEvents
-    from flip_nvflare.controllers import prepare
+    from flip_nvflare.constants import FlipEvents, FlipProps
 
-    _PROPS = (prepare.PROP_TARGETS, prepare.PROP_FAILED_CLIENT, prepare.PROP_FAILURE, prepare.PROP_SUMMARY)
+    _PROPS = (
+        FlipProps.PREPARATION_TARGETS,
+        FlipProps.PREPARATION_FAILED_CLIENT,
+        FlipProps.PREPARATION_FAILURE,
+        FlipProps.PREPARATION_SUMMARY,
+    )
     _FLIP_EVENTS = (FlipEvents.TRAINING_INITIATED, FlipEvents.PREPARATION_DONE, FlipEvents.PREPARATION_FAILED)
 
 

@@ -13,7 +13,7 @@ from flip_nvflare.errors import (
     FlipNotFoundError,
     FlipServiceUnavailable,
 )
-from flip_nvflare.executors.downloads import NOT_ATTEMPTED, ImageFetcher, Progress
+from flip_nvflare.executors.downloads import NOT_ATTEMPTED, ImageFetcher, Progress, download_retry
 
 ROUTE = ("imaging-api", "POST", "/download/images/net-1")
 
@@ -52,7 +52,7 @@ def _unavailable() -> FlipServiceUnavailable:
 
 def test_concurrency_is_bounded_and_reached() -> None:
     imaging = FakeImaging(latency=0.02)
-    report = ImageFetcher(imaging, concurrency=4, retries=0).run([f"A{i}" for i in range(40)])
+    report = ImageFetcher(imaging, concurrency=4, retry=download_retry(0, 1.0)).run([f"A{i}" for i in range(40)])
     assert imaging.max_in_flight == 4
     assert report.ready == 40 and report.missing == 0
     assert report.results["A7"].folder == Path("/images/net-1/A7")
@@ -61,7 +61,7 @@ def test_concurrency_is_bounded_and_reached() -> None:
 def test_transient_failures_are_retried_with_backoff() -> None:
     imaging = FakeImaging(failures={"A1": [_unavailable(), _unavailable()], "A2": [_unavailable()] * 5})
     delays: list[float] = []
-    report = ImageFetcher(imaging, concurrency=2, retries=2, retry_delay=0.5, sleep=delays.append).run(["A1", "A2"])
+    report = ImageFetcher(imaging, concurrency=2, retry=download_retry(2, 0.5), sleep=delays.append).run(["A1", "A2"])
     assert report.results["A1"].folder is not None and report.results["A1"].attempts == 3
     assert report.results["A2"].folder is None
     assert report.results["A2"].reason == "imaging service unavailable after retries (HTTP 503)"
@@ -73,7 +73,7 @@ def test_permanent_failures_are_not_retried_and_reasons_hold_no_ids() -> None:
     imaging = FakeImaging(
         failures={"ACC9": [FlipNotFoundError(*ROUTE, 404, "Resource not found")], "B": [KeyError("B")]}
     )
-    report = ImageFetcher(imaging, retries=3, sleep=lambda s: None).run(["ACC9", "B", "C"])
+    report = ImageFetcher(imaging, retry=download_retry(3, 1.0), sleep=lambda s: None).run(["ACC9", "B", "C"])
     assert imaging.calls["ACC9"] == 1
     assert report.reasons() == {"not found at the imaging service (HTTP 404)": 1, "failed (KeyError)": 1}
     assert all("ACC9" not in reason for reason in report.reasons())
@@ -124,7 +124,20 @@ def test_progress_eta() -> None:
     assert Progress(done=0, total=10, ready=0, missing=0, elapsed=0.0).eta is None
 
 
-@pytest.mark.parametrize("kwargs", [{"concurrency": 0}, {"concurrency": True}, {"retries": -1}, {"retry_delay": -1}])
+@pytest.mark.parametrize("kwargs", [{"concurrency": 0}, {"concurrency": True}, {"progress_interval": 0}])
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(FlipConfigError):
         ImageFetcher(FakeImaging(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("retries", "retry_delay"), [(-1, 1.0), (True, 1.0), (1.5, 1.0), (2, -1), (2, float("nan"))])
+def test_bad_retry_settings_are_refused(retries: object, retry_delay: object) -> None:
+    with pytest.raises(FlipConfigError, match="retr"):
+        download_retry(retries, retry_delay)  # type: ignore[arg-type]
+
+
+def test_one_layer_retries_a_download() -> None:
+    """The fetcher's policy is the only retry: an always-unavailable accession is asked retries + 1 times."""
+    imaging = FakeImaging(failures={"A": [_unavailable()] * 10})
+    report = ImageFetcher(imaging, retry=download_retry(3, 0.0), sleep=lambda s: None).run(["A"])
+    assert imaging.calls["A"] == 4 and report.results["A"].attempts == 4
