@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "FlipError": "flip_nvflare.errors",
     "FLIP": "flip_nvflare.client",
     "send_metrics_value": "flip_nvflare.client",
-    "get_model_weights_diff": "flip_nvflare.client",
+    "get_model_weights_diff": "flip_nvflare.compat.weights",
     "prepared_cohort": "flip_nvflare.client",
 }
 
@@ -32,9 +32,9 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from flip_nvflare.client import FLIP as FLIP
-    from flip_nvflare.client import get_model_weights_diff as get_model_weights_diff
     from flip_nvflare.client import prepared_cohort as prepared_cohort
     from flip_nvflare.client import send_metrics_value as send_metrics_value
+    from flip_nvflare.compat.weights import get_model_weights_diff as get_model_weights_diff
     from flip_nvflare.constants import HubApi as HubApi
     from flip_nvflare.constants import JobType as JobType
     from flip_nvflare.constants import ModelStatus as ModelStatus

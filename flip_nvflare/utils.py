@@ -1,5 +1,5 @@
-"""``from flip_nvflare.utils import get_model_weights_diff`` (FLIP's ``flip.utils``)."""
+"""FLIP's ``flip.utils`` path, so ``from flip_nvflare.utils import ...`` works (see :mod:`flip_nvflare.compat`)."""
 
-from flip_nvflare.client import get_model_weights_diff
+from flip_nvflare.compat.weights import get_model_weights_diff
 
 __all__ = ["get_model_weights_diff"]

@@ -1,1 +1,1 @@
-"""Mirror of FLIP's ``flip.nvflare`` package, so FLIP apps only change their import lines."""
+"""FLIP's ``flip.nvflare`` package path (see :mod:`flip_nvflare.compat`)."""

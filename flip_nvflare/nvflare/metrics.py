@@ -1,4 +1,4 @@
-"""``from flip_nvflare.nvflare.metrics import send_metrics_value`` (FLIP's ``flip.nvflare.metrics``)."""
+"""FLIP's ``flip.nvflare.metrics`` module path (see :mod:`flip_nvflare.compat`)."""
 
 from flip_nvflare.metrics import send_metrics_value
 
