@@ -63,23 +63,28 @@ class PrepareClients(Controller):
     """Broadcasts a preparation task and ends the run if a client cannot prepare.
 
     Args:
-        task_name: The preparation task.
-        min_clients: Clients that must prepare before the run goes on; 0 (or unset) means all targets.
+        min_clients: Clients that must prepare before the run goes on; normally ``"{min_clients}"``.
+            0 (or unset) means all targets.
         participating_clients: Clients to ask (default: every connected client).
         wait_time_after_min_received: Seconds to wait for more clients once ``min_clients`` prepared.
         task_timeout: Seconds to wait for the preparation in all; 0 waits for ever.
+        task_name: The preparation task (default: the class's :attr:`default_task_name`).
     """
+
+    #: The task a subclass sends when the job config names none.
+    default_task_name = ""
 
     def __init__(
         self,
-        task_name: str,
         min_clients: int | None = 0,
         participating_clients: list[str] | None = None,
         wait_time_after_min_received: int = 0,
         task_timeout: int = 0,
+        task_name: str | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
+        task_name = self.default_task_name if task_name is None else task_name
         if not isinstance(task_name, str) or not task_name:
             raise FlipConfigError(f"{owner}: task_name must be a non-empty string.")
         self._task_name = task_name
@@ -221,45 +226,19 @@ class PrepareClients(Controller):
 class InitTraining(PrepareClients):
     """Asks every client to prepare its data (task ``init_training``) before training starts.
 
-    Args:
-        min_clients: Clients that must prepare; normally ``"{min_clients}"``. 0 means all.
-        participating_clients: Clients to ask (default: every connected client).
-        wait_time_after_min_received: Seconds to wait for more clients once ``min_clients`` prepared.
-        task_timeout: Seconds to wait for the preparation in all; 0 waits for ever.
-        task_name: The preparation task.
+    Takes the arguments of :class:`PrepareClients`.
     """
 
-    def __init__(
-        self,
-        min_clients: int | None = 0,
-        participating_clients: list[str] | None = None,
-        wait_time_after_min_received: int = 0,
-        task_timeout: int = 0,
-        task_name: str = FlipTasks.INIT_TRAINING,
-    ) -> None:
-        super().__init__(task_name, min_clients, participating_clients, wait_time_after_min_received, task_timeout)
+    default_task_name = FlipTasks.INIT_TRAINING
 
 
 class InitEvaluation(PrepareClients):
     """Asks every client to prepare its data (task ``init_task``) before evaluation starts.
 
-    Args:
-        min_clients: Clients that must prepare; normally ``"{min_clients}"``. 0 means all.
-        participating_clients: Clients to ask (default: every connected client).
-        wait_time_after_min_received: Seconds to wait for more clients once ``min_clients`` prepared.
-        task_timeout: Seconds to wait for the preparation in all; 0 waits for ever.
-        task_name: The preparation task.
+    Takes the arguments of :class:`PrepareClients`.
     """
 
-    def __init__(
-        self,
-        min_clients: int | None = 0,
-        participating_clients: list[str] | None = None,
-        wait_time_after_min_received: int = 0,
-        task_timeout: int = 0,
-        task_name: str = FlipTasks.INIT_TASK,
-    ) -> None:
-        super().__init__(task_name, min_clients, participating_clients, wait_time_after_min_received, task_timeout)
+    default_task_name = FlipTasks.INIT_TASK
 
 
 class CleanupClients(Controller):

@@ -154,6 +154,34 @@ def metric_body(
     return body
 
 
+def exception_log_body(
+    formatted_exception: object, client_name: str, model_id: str, trust_name: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Check a client exception's arguments; return the model id and the hub log entry for it.
+
+    The text is capped at :data:`MAX_LOG_CHARS`; the trust defaults to FLIP's ``site-N`` rule.
+    """
+    model_id = check_model_id(model_id)
+    check_text("client_name", client_name)
+    return model_id, {
+        "trust": trust_name or default_trust_name(client_name),
+        "fl_client_name": client_name,
+        "log": capped_log_text(formatted_exception),
+        "success": False,
+    }
+
+
+def progress_event_body(
+    model_id: str, event_type: str, global_round: int | None, details: Mapping[str, Any], client_name: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Check a progress event's arguments; return the model id and the hub log entry (H2's typed event)."""
+    model_id = check_model_id(model_id)
+    body: dict[str, Any] = {"event_type": event_type, "details": dict(details), "fl_client_name": client_name}
+    if global_round is not None:
+        body["global_round"] = global_round
+    return model_id, body
+
+
 def capped_log_text(formatted_exception: object) -> str:
     """The exception text sent to the hub's logs, cut at :data:`MAX_LOG_CHARS` with a visible marker."""
     text = str(formatted_exception)

@@ -10,17 +10,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import ModelStatus, ResourceType, default_trust_name
+from flip_nvflare.constants import ModelStatus, ResourceType
 from flip_nvflare.core.base import (
     FLIPBase,
     ResourceTypes,
     as_model_status,
     as_resource_types,
-    capped_log_text,
     check_accession_id,
     check_model_id,
     check_text,
+    exception_log_body,
     metric_body,
+    progress_event_body,
     remove_inside,
 )
 from flip_nvflare.core.results import check_results_folder, results_key, zip_folder
@@ -177,18 +178,8 @@ class FLIPStandardDev(FLIPBase):
         self, formatted_exception: str, client_name: str, model_id: str, *, trust_name: str | None = None
     ) -> None:
         """Append the exception text to ``logs.jsonl``."""
-        model_id = check_model_id(model_id)
-        check_text("client_name", client_name)
-        self._append(
-            "logs.jsonl",
-            {
-                "model_id": model_id,
-                "trust": trust_name or default_trust_name(client_name),
-                "fl_client_name": client_name,
-                "log": capped_log_text(formatted_exception),
-                "success": False,
-            },
-        )
+        model_id, body = exception_log_body(formatted_exception, client_name, model_id, trust_name)
+        self._append("logs.jsonl", {"model_id": model_id, **body})
 
     def send_progress_event(
         self,
@@ -199,17 +190,8 @@ class FLIPStandardDev(FLIPBase):
         client_name: str | None = None,
     ) -> None:
         """Append a typed progress event to ``logs.jsonl``."""
-        model_id = check_model_id(model_id)
-        self._append(
-            "logs.jsonl",
-            {
-                "model_id": model_id,
-                "event_type": event_type,
-                "global_round": global_round,
-                "details": dict(details),
-                "fl_client_name": client_name,
-            },
-        )
+        model_id, body = progress_event_body(model_id, event_type, global_round, details, client_name)
+        self._append("logs.jsonl", {"model_id": model_id, **body})
 
     def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
         """Write the zip that would be uploaded to ``output_dir/results/<model_id>/<ts>.zip``."""

@@ -12,17 +12,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.constants import HubApi, ModelStatus, ResourceType, default_trust_name
+from flip_nvflare.constants import HubApi, ModelStatus, ResourceType
 from flip_nvflare.core.base import (
     FLIPBase,
     ResourceTypes,
     as_model_status,
     as_resource_types,
-    capped_log_text,
     check_accession_id,
     check_model_id,
     check_text,
+    exception_log_body,
     metric_body,
+    progress_event_body,
     remove_inside,
 )
 from flip_nvflare.core.http import ServiceClient
@@ -368,21 +369,8 @@ class FLIPStandardProd(FLIPBase):
         self, formatted_exception: str, client_name: str, model_id: str, *, trust_name: str | None = None
     ) -> None:
         """Record a client's exception text in flip-api's logs for the model."""
-        model_id = check_model_id(model_id)
-        check_text("client_name", client_name)
-        text = capped_log_text(formatted_exception)
-        self._request(
-            "flip-api",
-            "POST",
-            "/model/{model_id}/logs",
-            path_params={"model_id": model_id},
-            json_body={
-                "trust": trust_name or default_trust_name(client_name),
-                "fl_client_name": client_name,
-                "log": text,
-                "success": False,
-            },
-        )
+        model_id, body = exception_log_body(formatted_exception, client_name, model_id, trust_name)
+        self._request("flip-api", "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body)
 
     def send_progress_event(
         self,
@@ -397,16 +385,9 @@ class FLIPStandardProd(FLIPBase):
         Raises:
             FlipConfigError: The hub is not H2 (H1 hubs have no typed events).
         """
-        model_id = check_model_id(model_id)
-        if self.hub_settings().hub_api.value != "h2":
+        model_id, body = progress_event_body(model_id, event_type, global_round, details, client_name)
+        if self.hub_settings().hub_api is not HubApi.H2:
             raise FlipConfigError("Typed progress events need an H2 hub (set FLIP_HUB_API=h2).")
-        body: dict[str, Any] = {
-            "event_type": event_type,
-            "details": dict(details),
-            "fl_client_name": client_name,
-        }
-        if global_round is not None:
-            body["global_round"] = global_round
         self._request("flip-api", "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body)
 
     def results_settings(self) -> ResultsSettings:
