@@ -122,6 +122,11 @@ class FlipHeaders:
     CLEANUP_SUMMARY = "flip_cleanup"
 
 
+#: Request header carrying a hub call's idempotency key: the same key on every attempt of one logical
+#: call (a status, a metric, a log entry), so a hub that honours it records the call once however
+#: often an answer was lost and the call retried. A UUID4 string.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
 #: Longest x-axis label a metric may carry (flip-api's limit on H2 hubs).
 MAX_X_LABEL = 64
 
