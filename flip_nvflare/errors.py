@@ -39,7 +39,11 @@ class FlipHTTPError(FlipError):
         method: HTTP method of the request.
         path: Route template of the request (identifiers that could be patient data are elided).
         status_code: HTTP status of the answer, or ``None`` if there was no answer.
-        detail: The service's ``detail`` text, when it gave one and it is safe to repeat.
+        detail: A description of the failure. For the hub's answers it is the hub's own ``detail``
+            (about models and trusts, never patient data); for a trust's services it is a fixed
+            description of the status, never the answer's content (which may echo SQL, a column
+            value or a path: it stays in the trust's DEBUG log).
+        retry_after: Seconds the service asked the caller to wait (``Retry-After``), if it did.
     """
 
     def __init__(
@@ -50,12 +54,14 @@ class FlipHTTPError(FlipError):
         status_code: int | None,
         detail: str | None = None,
         reason: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.service = service
         self.method = method
         self.path = path
         self.status_code = status_code
         self.detail = detail
+        self.retry_after = retry_after
         where = f"{service} {method} {path}"
         what = f"HTTP {status_code}" if status_code is not None else (reason or "no response")
         message = f"{where} failed: {what}"

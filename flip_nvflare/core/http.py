@@ -1,10 +1,13 @@
-"""One small HTTP client per FLIP service: URL joining, the service key, timeouts, retries, typed errors.
+"""One small HTTP client per FLIP service: URL joining, the service key, deadlines, retries, typed errors.
 
-Every request carries only its own service's key header. Transient failures (connect errors,
-timeouts, HTTP 429/502/503/504) are retried with exponential backoff and jitter, bounded both in
-attempts and in total time; any other 4xx is final. Failures become
-:class:`~flip_nvflare.errors.FlipHTTPError` subclasses whose message names the service, method,
-route and status, but never the key, the body, SQL or accession ids.
+Every request carries only its own service's key header. Each attempt has a total deadline (the
+service timeout), enforced on every read and write of the connection, so a server that drips
+bytes is cut off on time; an answer larger than the client's bound is refused before it is read
+whole. Transient failures (connect errors, timeouts, HTTP 429/502/503/504) are retried with the
+client's :class:`~flip_nvflare.retry.RetryPolicy`; any other 4xx is final. Every failure, whatever
+httpx raised, becomes a :class:`~flip_nvflare.errors.FlipHTTPError` subclass whose message is
+built here from the service, method, route and status: never from the key, the body, SQL,
+accession ids or a transport exception's own text.
 """
 
 from __future__ import annotations
@@ -14,15 +17,21 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
+import httpcore
 import httpx
 
+from flip_nvflare.constants import IDEMPOTENCY_KEY_HEADER
 from flip_nvflare.errors import (
     FlipAuthenticationError,
     FlipHTTPError,
+    FlipInvalidResponse,
     FlipNotFoundError,
     FlipRequestRejected,
     FlipServiceUnavailable,
@@ -32,8 +41,47 @@ from flip_nvflare.retry import RetryPolicy
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+#: Largest answer a service client reads by default (the cohort call has its own, larger bound).
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 _MAX_DETAIL_CHARS = 300
 REDACTED = "[redacted]"
+#: Services whose answers may echo patient data (SQL, column values, paths): their error text
+#: never reaches an exception message, only this site's DEBUG log.
+TRUST_SERVICES = frozenset({"data-access-api", "imaging-api"})
+
+_FIXED_DESCRIPTIONS = {
+    400: "the service rejected the request as malformed",
+    401: "the service refused the key",
+    403: "the service refused the request (forbidden: not allowed, or the cohort is too small to disclose)",
+    404: "not found",
+    409: "the request conflicts with the service's state",
+    413: "the request is too large for the service",
+    422: "the service found the request's content invalid",
+    429: "the service is rate limiting",
+}
+
+_idempotency_key: ContextVar[str | None] = ContextVar("flip_nvflare_idempotency_key", default=None)
+_attempt = threading.local()
+
+
+@contextmanager
+def idempotency_key(key: str) -> Iterator[str]:
+    """Send ``key`` as the idempotency key of every hub write made in this context (on every attempt).
+
+    The layer that owns a call's retries (the hub delivery queue) wraps each attempt of one
+    logical call in the same key, so a hub that honours the header records the call once.
+    Outside such a context each write gets a fresh key that its own HTTP retries reuse.
+    """
+    token = _idempotency_key.set(key)
+    try:
+        yield key
+    finally:
+        _idempotency_key.reset(token)
+
+
+def current_idempotency_key() -> str | None:
+    """The key set by :func:`idempotency_key` for this context, if any."""
+    return _idempotency_key.get()
 
 
 def join_url(base_url: str, path: str) -> str:
@@ -46,14 +94,14 @@ def quote_segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
-def _safe_detail(response: httpx.Response, redact: Iterable[str]) -> str | None:
+def _detail_for_log(response: httpx.Response, redact: Iterable[str]) -> str | None:
     """The service's ``detail``, shortened and with known-sensitive strings removed.
 
     FastAPI validation errors (lists) are reduced to their location and message, never the
     ``input`` they echo, which may be SQL or an accession id.
     """
     try:
-        payload = response.json()
+        payload = json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
         return None
     detail = payload.get("detail") if isinstance(payload, dict) else None
@@ -78,7 +126,13 @@ def _safe_detail(response: httpx.Response, redact: Iterable[str]) -> str | None:
 
 def _error_for(service: str, method: str, route: str, response: httpx.Response, redact: Iterable[str]) -> FlipHTTPError:
     status = response.status_code
-    detail = _safe_detail(response, redact)
+    echoed = _detail_for_log(response, redact)
+    if service in TRUST_SERVICES:
+        if echoed:
+            logger.debug("%s %s %s answered %d: %s", service, method, route, status, echoed)
+        detail = _FIXED_DESCRIPTIONS.get(status, "service error" if status >= 500 else None)
+    else:
+        detail = echoed or _FIXED_DESCRIPTIONS.get(status)
     cls: type[FlipHTTPError]
     if status == 401:
         cls = FlipAuthenticationError
@@ -88,7 +142,86 @@ def _error_for(service: str, method: str, route: str, response: httpx.Response, 
         cls = FlipRequestRejected
     else:
         cls = FlipServiceUnavailable
-    return cls(service, method, route, status, detail)
+    return cls(service, method, route, status, detail, retry_after=_retry_after(response))
+
+
+class _AnswerTooLarge(Exception):
+    """Raised inside :meth:`ServiceClient._send` when an answer exceeds the bound."""
+
+
+def _bounded(timeout: float | None, timeout_error: type[Exception]) -> float | None:
+    """``timeout`` capped at what is left of this thread's attempt deadline; raise once it has passed."""
+    deadline: float | None = getattr(_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise timeout_error("the attempt's total deadline has passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the current attempt's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own socket backend, with connections that honour the attempt deadline."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:  # pragma: no cover - FLIP services are TCP
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, bounded, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(max_connections: int) -> httpx.HTTPTransport:
+    """Httpx's transport, its pool given the deadline-aware network backend."""
+    transport = httpx.HTTPTransport(
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    )
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
+        raise RuntimeError("this httpx/httpcore version has no connection pool backend to wrap; pin httpx<0.30")
+    pool._network_backend = _DeadlineBackend()
+    return transport
 
 
 class ServiceClient:
@@ -98,10 +231,11 @@ class ServiceClient:
         service: Name used in logs and errors ("flip-api", "data-access-api", "imaging-api").
         base_url: The service's base URL, with or without trailing slash or prefix.
         key_header: Name of the header carrying the service key.
-        key: The service key (never logged).
-        timeout: Seconds allowed for each attempt (connect, read, write and pool).
-        retry: The retry policy.
+        key: The service key (never logged, never in ``repr``).
+        timeout: Seconds allowed for each attempt in all (connect, send, wait and read together).
+        retry: The retry policy (a call may pass its own).
         max_connections: Connections kept in the pool.
+        max_body_bytes: Largest answer read (a call may pass its own bound).
         sleep: Injected for tests; defaults to ``time.sleep``.
     """
 
@@ -115,17 +249,26 @@ class ServiceClient:
         timeout: float,
         retry: RetryPolicy,
         max_connections: int = 16,
-        sleep: Callable[[float], None] = time.sleep,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.service = service
         self.base_url = base_url
+        self._key_header = key_header
         self._headers = {key_header: key}
         self._timeout = timeout
         self._retry = retry
         self._max_connections = max_connections
-        self._sleep = sleep
+        self._max_body_bytes = max_body_bytes
+        self._sleep = sleep if sleep is not None else time.sleep
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"ServiceClient(service={self.service!r}, base_url={self.base_url!r}, "
+            f"key_header={self._key_header!r}, key='***', timeout={self._timeout!r})"
+        )
 
     def _http(self) -> httpx.Client:
         with self._lock:
@@ -133,11 +276,9 @@ class ServiceClient:
                 self._client = httpx.Client(
                     headers=self._headers,
                     timeout=httpx.Timeout(self._timeout),
-                    limits=httpx.Limits(
-                        max_connections=self._max_connections,
-                        max_keepalive_connections=self._max_connections,
-                    ),
+                    transport=_deadline_transport(self._max_connections),
                     follow_redirects=False,
+                    trust_env=False,
                 )
             return self._client
 
@@ -158,8 +299,10 @@ class ServiceClient:
         json_body: Any = None,
         redact: Iterable[str] = (),
         retry: RetryPolicy | None = None,
+        max_body_bytes: int | None = None,
+        idempotent_write: bool = False,
     ) -> httpx.Response:
-        """Send a request, retrying transient failures, and return the 2xx response.
+        """Send a request, retrying transient failures, and return the 2xx response (read in full).
 
         Args:
             method: HTTP method.
@@ -170,63 +313,62 @@ class ServiceClient:
             json_body: JSON body, if any (never logged).
             redact: Strings to strip from any ``detail`` the service echoes (SQL, accession id).
             retry: This call's retry policy, instead of the client's own.
+            max_body_bytes: This call's bound on the answer's size, instead of the client's own.
+            idempotent_write: Send an idempotency key (the one of the current
+                :func:`idempotency_key` context, else a fresh one), the same on every attempt.
 
         Raises:
             FlipAuthenticationError: HTTP 401.
             FlipNotFoundError: HTTP 404.
             FlipRequestRejected: Other non-retryable 4xx.
             FlipServiceUnavailable: Transient failures that outlasted the retry policy, or 5xx.
+            FlipInvalidResponse: The answer was larger than the bound.
+            FlipHTTPError: The request could not be sent at all (e.g. an unusable URL or header).
         """
         path_params = path_params or {}
         path = route.format(**{k: quote_segment(v) for k, v in path_params.items()})
         shown = route.format(**path_params)
         url = join_url(self.base_url, path)
         redact = tuple(redact)
+        limit = self._max_body_bytes if max_body_bytes is None else max_body_bytes
+        headers: dict[str, str] = {}
+        if idempotent_write:
+            headers[IDEMPOTENCY_KEY_HEADER] = current_idempotency_key() or str(uuid.uuid4())
         policy = retry or self._retry
         start = time.monotonic()
         deadline = start + policy.total_timeout if policy.total_timeout is not None else math.inf
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
-            per_try = max(0.05, min(self._timeout, remaining))
             t0 = time.monotonic()
+            attempt_deadline = min(deadline, t0 + self._timeout)
+            retry_after: float | None = None
             try:
-                response = self._http().request(
-                    method, url, params=params, json=json_body, timeout=httpx.Timeout(per_try)
-                )
+                response = self._send(method, url, params, json_body, headers, attempt_deadline, limit)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 reason = type(exc).__name__
                 failure: FlipHTTPError = FlipServiceUnavailable(
                     self.service, method, shown, None, reason=f"{reason} after {attempt} attempt(s)"
                 )
-                retry_after = None
-                logger.info(
-                    "%s %s %s -> %s in %.0f ms (attempt %d)",
-                    self.service,
-                    method,
-                    shown,
-                    reason,
-                    (time.monotonic() - t0) * 1000,
-                    attempt,
-                )
+                self._log(method, shown, reason, t0, attempt)
+            except _AnswerTooLarge:
+                raise FlipInvalidResponse(
+                    f"{self.service} {method} {shown}: the answer is larger than {limit} bytes; refused unread."
+                ) from None
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpcore.UnsupportedProtocol) as exc:
+                # A request that cannot be sent (an illegal header, an unusable URL...): final, and
+                # the message never repeats the transport's own text, which may quote a header value.
+                raise FlipHTTPError(
+                    self.service, method, shown, None, reason=f"request could not be sent ({type(exc).__name__})"
+                ) from None
             else:
-                elapsed_ms = (time.monotonic() - t0) * 1000
-                logger.info(
-                    "%s %s %s -> %d in %.0f ms (attempt %d)",
-                    self.service,
-                    method,
-                    shown,
-                    response.status_code,
-                    elapsed_ms,
-                    attempt,
-                )
+                self._log(method, shown, str(response.status_code), t0, attempt)
                 if response.is_success:
                     return response
                 failure = _error_for(self.service, method, shown, response, redact)
                 if response.status_code not in RETRYABLE_STATUS:
                     raise failure
-                retry_after = _retry_after(response)
+                retry_after = failure.retry_after
             if not policy.allows(attempt):
                 raise failure
             delay = policy.delay(attempt)
@@ -235,6 +377,52 @@ class ServiceClient:
             if time.monotonic() + delay >= deadline:
                 raise failure
             self._sleep(delay)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        headers: Mapping[str, str],
+        deadline: float,
+        limit: int,
+    ) -> httpx.Response:
+        """One attempt: send, then read the answer within ``deadline`` and ``limit`` bytes."""
+        client = self._http()
+        request = client.build_request(method, url, params=params, json=json_body, headers=headers)
+        _attempt.deadline = deadline
+        try:
+            response = client.send(request, stream=True)
+            try:
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise _AnswerTooLarge
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise _AnswerTooLarge
+            finally:
+                response.close()
+        finally:
+            _attempt.deadline = None
+        # The body is already decoded: drop the headers that describe the encoded one.
+        kept = [
+            (k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(response.status_code, headers=kept, content=bytes(body), request=request)
+
+    def _log(self, method: str, shown: str, outcome: str, started: float, attempt: int) -> None:
+        logger.info(
+            "%s %s %s -> %s in %.0f ms (attempt %d)",
+            self.service,
+            method,
+            shown,
+            outcome,
+            (time.monotonic() - started) * 1000,
+            attempt,
+        )
 
 
 def _retry_after(response: httpx.Response) -> float | None:
