@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from flip_emulator.handle import EmulatorHandle
 from flip_nvflare_demo.report import KEY_METRIC
 from tests.e2e.conftest import ProdRun
 from tests.e2e.jobtools import load_config
@@ -44,3 +45,21 @@ def test_prod_run_used_the_rewritten_keys(standard_prod: ProdRun) -> None:
     assert server["participating_clients"] == ["site-1", "site-2"]
     assert client["project_id"] == standard_prod.model.encrypted_project_id
     assert max(m.global_round for m in standard_prod.records.metrics) == server["global_rounds"] - 1
+
+
+def test_prod_run_leaks_no_key(standard_prod: ProdRun, emulator: EmulatorHandle) -> None:
+    """Neither service key is in the results zip, the hub's records, or any file the run left (logs, manifests)."""
+    env = emulator.env()
+    keys = [env["INTERNAL_SERVICE_KEY"].encode(), env["TRUST_INTERNAL_SERVICE_KEY"].encode()]
+    assert all(len(k) >= 24 for k in keys)
+    zipped = list(standard_prod.results_zip.files.values())
+    assert zipped
+    hub_text = repr(standard_prod.records).encode()
+    files = [p for p in standard_prod.result.workspace.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "log.txt" for p in files)
+    assert any("flip_cohort" in p.parts for p in files)  # the prepared cohort's record stays after cleanup
+    for key in keys:
+        assert all(key not in blob for blob in zipped)
+        assert key not in hub_text
+        leaking = [str(p) for p in files if key in p.read_bytes()]
+        assert leaking == []
