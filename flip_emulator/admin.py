@@ -1,18 +1,28 @@
 """Admin routes, served by both services under ``/admin`` (each can control and read everything).
 
 Register models, issue project envelopes, set faults and down windows, change settings at run
-time, and read what the services received. When ``--admin-key`` (``FLIP_EMULATOR_ADMIN_KEY``) is
-set, every admin route needs it in ``X-Emulator-Admin-Key``; otherwise they are open, which is why
-the emulator listens on loopback by default.
+time, and read what the services received. Who may call them:
+
+- When ``--admin-key`` (``FLIP_EMULATOR_ADMIN_KEY``) is set, every admin request needs it in
+  ``X-Emulator-Admin-Key`` (401 without it or with another value), from any address and any
+  ``Host``.
+- Otherwise only this machine may: the client's address must be a loopback one, its ``Host`` header
+  must name a loopback address or ``localhost`` on the port it connected to, and an ``Origin``
+  header, if sent, must name such an address too (:func:`local_admin_problem`). Anything else gets
+  403. This keeps out other machines (with ``--host 0.0.0.0``), and web pages in a local browser:
+  one that makes its own domain name resolve to 127.0.0.1 (DNS rebinding) still sends that name in
+  ``Host``, and one that posts to ``http://127.0.0.1:PORT`` sends its own ``Origin``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import ipaddress
+from dataclasses import asdict, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from flip_emulator.config import EmulatorConfigError, check_model_id
@@ -99,15 +109,96 @@ def list_results(emulator: Emulator, model_id: str) -> list[str]:
     return sorted(el.text or "" for el in root.iter() if el.tag.endswith("}Key") or el.tag == "Key")
 
 
+_LOCAL_NAMES = frozenset({"localhost"})
+
+
+def _is_loopback_address(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _split_host(authority: str, default_port: int) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``Host`` value (``name``, ``name:port``, ``[v6]:port``), or None if malformed."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return None
+        host, rest = authority[1:end], authority[end + 1 :]
+        if host.count(":") < 2:
+            return None
+    else:
+        host, colon, port_text = authority.partition(":")
+        rest = colon + port_text
+    if not rest:
+        return host.lower(), default_port
+    port_text = rest[1:]
+    if not rest.startswith(":") or not port_text.isdigit() or len(port_text) > 5:
+        return None
+    return host.lower(), int(port_text)
+
+
+def _names_this_emulator(host: str, port: int, own_port: int) -> bool:
+    return port == own_port and (host in _LOCAL_NAMES or _is_loopback_address(host))
+
+
+def local_admin_problem(
+    *, client_host: str | None, host_header: str | None, origin: str | None, port: int
+) -> str | None:
+    """Why an admin request without an admin key is refused (``None`` if it may proceed).
+
+    It may if it comes from a loopback address, names a loopback address or ``localhost`` on
+    ``port`` in ``Host``, and sends no ``Origin`` or one that names such an address on ``port``.
+
+    Args:
+        client_host: The client's address (``None`` if unknown).
+        host_header: The ``Host`` header (``None`` if missing).
+        origin: The ``Origin`` header (``None`` if missing).
+        port: The port the request came in on.
+    """
+    hint = (
+        f"Admin routes without {ADMIN_KEY_HEADER} answer only this machine: connect to 127.0.0.1, [::1] or "
+        f"localhost on port {port} and name it so in Host; or start the emulator with --admin-key and send it."
+    )
+    if client_host is None or not _is_loopback_address(client_host):
+        return f"Refused: the client is not on this machine. {hint}"
+    parsed = _split_host(host_header.strip(), 80) if host_header else None
+    if parsed is None or not _names_this_emulator(*parsed, port):
+        return f"Refused: the Host header does not name this emulator. {hint}"
+    if origin is not None:
+        parts = urlsplit(origin.strip())
+        default = 443 if parts.scheme == "https" else 80
+        named = _split_host(parts.netloc, default) if parts.scheme in ("http", "https") and parts.netloc else None
+        if named is None or not _names_this_emulator(*named, port):
+            return f"Refused: a request from a web page of another origin. {hint}"
+    return None
+
+
 def admin_router(emulator: Emulator) -> APIRouter:
-    """The admin routes over ``emulator``."""
+    """The admin routes over ``emulator`` (access rules in the module docstring)."""
+    key_required = emulator.admin_key_problem(None) is not None
 
-    def require_admin_key(key: str | None = Header(default=None, alias=ADMIN_KEY_HEADER)) -> None:
-        problem = emulator.admin_key_problem(key)
+    def require_admin(request: Request, key: str | None = Header(default=None, alias=ADMIN_KEY_HEADER)) -> None:
+        if key_required:
+            problem = emulator.admin_key_problem(key)
+            if problem is not None:
+                raise HTTPException(status_code=401, detail=problem)
+            return
+        server = request.scope.get("server")
+        problem = local_admin_problem(
+            client_host=request.client.host if request.client is not None else None,
+            host_header=request.headers.get("host"),
+            origin=request.headers.get("origin"),
+            port=int(server[1]) if server and server[1] is not None else -1,
+        )
         if problem is not None:
-            raise HTTPException(status_code=401, detail=problem)
+            raise HTTPException(status_code=403, detail=problem)
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)], include_in_schema=True)
+    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], include_in_schema=True)
 
     @router.get("/info")
     def info() -> dict[str, Any]:
@@ -191,7 +282,8 @@ def admin_router(emulator: Emulator) -> APIRouter:
             canonical = check_model_id(model_id)
         except EmulatorConfigError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        return emulator.store.records(canonical).to_json()
+        records = emulator.store.records(canonical)
+        return replace(records, duplicates=emulator.idempotency.duplicates(canonical)).to_json()
 
     @router.get("/results/{model_id}")
     def results(model_id: str) -> list[str]:

@@ -1,4 +1,8 @@
-"""What both emulated services share at the HTTP level: fault injection, request records, 422 bodies."""
+"""What both emulated services share at the HTTP level: fault injection, request records, 422 bodies.
+
+Also the uvicorn protocol both services are served with (:class:`ClosableH11Protocol`): uvicorn's
+h11 protocol, which lets the fault middleware close a connection without answering.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from flip_emulator.faults import FaultDecision
 from flip_emulator.state import Emulator
@@ -22,6 +27,35 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HUB_ROUTES = (("PUT", "/status/", "hub.status"), ("POST", "/metrics", "hub.metrics"), ("POST", "/logs", "hub.logs"))
+#: ASGI scope extension holding a callable that closes the request's connection (no answer sent).
+CLOSE_CONNECTION = "flip_emulator.close_connection"
+#: How long a dropped request waits for the server to notice its connection is gone.
+_DROP_WAIT_SECONDS = 5.0
+
+
+class _OfferClose:
+    """Puts a connection's close callable into the scope of each of its requests."""
+
+    def __init__(self, app: ASGIApp, close: Callable[[], None]) -> None:
+        self.app = app
+        self.close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), CLOSE_CONNECTION: self.close}}
+        await self.app(scope, receive, send)
+
+
+class ClosableH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, offering each request a way to close its connection without answering.
+
+    The callable is in ``scope["extensions"][CLOSE_CONNECTION]``; the ``drop_connection`` fault uses it.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Set up the connection, and wrap the app so its requests can close it."""
+        super().connection_made(transport)
+        self.app = _OfferClose(self.config.loaded_app, transport.close)
 
 
 def route_of(service: str, method: str, path: str) -> str | None:
@@ -107,6 +141,7 @@ class ServiceMiddleware:
             await send(message)
 
         decision = FaultDecision()
+        handled: int | None = None
         try:
             window = self.emulator.faults.down(self.service)
             if window is not None and window.mode == "503":
@@ -123,30 +158,74 @@ class ServiceMiddleware:
                 return
             if decision.latency:
                 await asyncio.sleep(decision.latency)
+            if decision.error_status is not None and decision.lose_answer:
+                handled = await self._handle_unheard(scope, receive)
             if decision.error_status is not None:
+                if decision.drop_connection and await self._drop(scope, receive, body_read=handled is not None):
+                    status[0] = 0
+                    return
                 headers = []
                 if decision.retry_after is not None:
                     headers.append((b"retry-after", f"{decision.retry_after:g}".encode()))
-                await _send_json(
-                    recording_send,
-                    decision.error_status,
-                    {"detail": f"Injected fault: HTTP {decision.error_status}."},
-                    headers,
-                )
+                if handled is not None:
+                    detail = f"Injected fault: the answer was lost after the request was handled (HTTP {handled})."
+                else:
+                    detail = f"Injected fault: HTTP {decision.error_status}."
+                await _send_json(recording_send, decision.error_status, {"detail": detail}, headers)
                 return
             await self.app(scope, receive, recording_send)
         finally:
             if not route.endswith(".health"):
+                label = decision.label
+                if label is not None and handled is not None:
+                    label = label.replace("lose_answer", f"lose_answer={handled}", 1)
                 self.emulator.store.record_request(
                     service=self.service,
                     route=route,
                     method=method,
                     path=path,
                     status_code=status[0],
-                    fault=decision.label,
+                    fault=label,
                     started_at=started,
                     key_headers=key_headers,
                 )
+
+    async def _handle_unheard(self, scope: Scope, receive: Receive) -> int:
+        """Handle the request as usual (records included) but send nothing; return its status."""
+        handled = [500]
+
+        async def discard(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                handled[0] = int(message["status"])
+
+        await self.app(scope, receive, discard)
+        return handled[0]
+
+    @staticmethod
+    async def _drop(scope: Scope, receive: Receive, *, body_read: bool) -> bool:
+        """Close the connection without answering; False if the server offers no way to.
+
+        The request body is read first (unless ``body_read``): closing a socket with unread data
+        resets the connection, and the client should see a plain close, every time.
+        """
+        close = (scope.get("extensions") or {}).get(CLOSE_CONNECTION)
+        if close is None:
+            return False
+        while not body_read:
+            message = await receive()
+            body_read = message["type"] != "http.request" or not message.get("more_body", False)
+        close()
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        # Return once the server has seen the connection go, so it does not try to answer.
+        try:
+            await asyncio.wait_for(disconnected(), _DROP_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        return True
 
     async def _hang(self, seconds: float) -> None:
         faults = self.emulator.faults

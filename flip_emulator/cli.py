@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -38,8 +39,9 @@ examples:
 Keys are random per start unless given (prefer the environment variables FLIP_EMULATOR_HUB_KEY and
 FLIP_EMULATOR_TRUST_KEY to flags, which other users of the machine can see). Fault routes: hub.status,
 hub.metrics, hub.logs, trust.cohort, trust.download, trust.upload (or hub.*, trust.*, *); settings:
-latency, error_status, error_first, error_every, error_rate, seed, hang, hang_seconds, retry_after.
-See docs/emulator.md.
+latency, error_status, error_first, error_every, error_rate, seed, hang, hang_seconds, retry_after,
+lose_answer, drop_connection. Without --admin-key, the /admin routes answer only this machine, addressed
+as 127.0.0.1, [::1] or localhost. See docs/emulator.md.
 """
 
 
@@ -266,11 +268,6 @@ def banner(server: object, out: TextIO) -> None:
         w("Open mode: any model id, trust name and project envelope is accepted.\n")
     elif not models:
         w("No models registered: add --model ID=Trust_1,Trust_2, or POST /admin/models, or use --open.\n")
-    if config.host not in ("127.0.0.1", "localhost", "::1") and config.admin_key is None:
-        w(
-            f"Warning: listening on {config.host} without --admin-key: anyone who can reach these ports can use "
-            "the /admin routes.\n"
-        )
     w(f'\nIn config_fed_client.json: "project_id": "{emulator.default_envelope}"\n\n')
     w("# Environment of a prod-mode job (the keys are what this emulator expects):\n")
     for name, value in server.env().items():
@@ -283,6 +280,52 @@ def banner(server: object, out: TextIO) -> None:
         f"Admin API: {server.hub.url}/admin/info  (routes at {server.hub.url}/docs). Press Ctrl-C to stop.\n"
     )
     out.flush()
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warnings(server: object) -> list[str]:
+    """Warnings about what the running emulator exposes, and to whom (printed to stderr at start).
+
+    One for ``--open`` (what it accepts, and the admin routes and recorded data on its ports) and one
+    for listening on an address other machines can reach.
+    """
+    from flip_emulator.server import EmulatorServer
+
+    assert isinstance(server, EmulatorServer) and server.emulator is not None
+    assert server.hub is not None and server.trust is not None
+    config = server.config
+    hub, trust = server.hub.port, server.trust.port
+    admins = (
+        "to whoever holds the --admin-key"
+        if config.admin_key
+        else "to every process on this machine (start with --admin-key to require a key)"
+    )
+    warnings = []
+    if server.emulator.settings.open:
+        warnings.append(
+            "Warning: --open turns off the model, trust and project checks: with the service keys, the hub on "
+            f"port {hub} records statuses, metrics and logs for any model id and trust name, and the trust on port "
+            f"{trust} answers cohort queries and image downloads for any project envelope. The /admin routes on "
+            f"ports {hub} and {trust} (models, faults, settings, reset) and the data recorded there "
+            "(/admin/records, /admin/requests, /admin/cohort-queries, /admin/downloads, /admin/uploads) are open "
+            f"{admins}."
+        )
+    if not _is_loopback_host(config.host):
+        s3 = f" and moto's S3 server on port {server.s3.port}, which takes any credentials," if server.s3 else ""
+        warnings.append(
+            f"Warning: listening on {config.host}: other machines can reach the hub on port {hub}, the trust on "
+            f"port {trust}{s3} (the hub and trust routes with their keys; the /admin routes "
+            + ("with the --admin-key)." if config.admin_key else "not without --admin-key: they answer 403).")
+        )
+    return warnings
 
 
 def _watch_parent(stop: threading.Event) -> None:
@@ -337,6 +380,9 @@ def main(argv: list[str] | None = None, *, prog: str = "flip-nvflare emulate") -
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, EmulatorConfigError) else 1
     try:
+        for warning in exposure_warnings(server):
+            print(warning, file=sys.stderr)
+        sys.stderr.flush()
         banner(server, sys.stdout)
         stop = threading.Event()
         if args.watch_parent:

@@ -15,7 +15,11 @@ Routes are named ``<service>.<route>``:
 
 A fault set on ``hub.*``, ``trust.*`` or ``*`` applies to every route of that service (or both)
 except ``/health``. When several match, the most specific wins. Errors are chosen
-deterministically: the first N requests, every Nth request, or a seeded random rate.
+deterministically: the first N requests, every Nth request, or a seeded random rate. The requests
+so chosen are refused before they are handled, or (``lose_answer``) handled and recorded first and
+then their answer lost; either way they get ``error_status``, or (``drop_connection``) no answer at
+all: the connection is closed. Down windows are timed on the board's :class:`Clock` (the real one
+unless a test injects its own).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 SERVICES = ("hub", "trust")
 ROUTES = (
@@ -45,6 +49,22 @@ MAX_HANG_SECONDS = 3600.0
 DownMode = Literal["refuse", "503"]
 
 
+class Clock(Protocol):
+    """Where a FaultBoard reads the time; inject a fake one to control time in tests."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (only differences mean anything)."""
+        ...
+
+
+class SystemClock:
+    """The real clock: :func:`time.monotonic`."""
+
+    def monotonic(self) -> float:
+        """The value of :func:`time.monotonic`."""
+        return time.monotonic()
+
+
 @dataclass(frozen=True)
 class FaultSpec:
     """What to do to the requests of one route.
@@ -60,6 +80,9 @@ class FaultSpec:
             the emulator stops; then they get 503 and are not processed.
         hang_seconds: Limit of a hang (default: an hour).
         retry_after: If set, injected errors carry ``Retry-After`` with this many seconds.
+        lose_answer: The requests chosen to fail are handled first (the hub records them), then
+            their answer is lost: replaced by the injected error (or the dropped connection).
+        drop_connection: The requests chosen to fail get no answer: the connection is closed.
     """
 
     latency: float = 0.0
@@ -71,6 +94,8 @@ class FaultSpec:
     hang: bool = False
     hang_seconds: float | None = None
     retry_after: float | None = None
+    lose_answer: bool = False
+    drop_connection: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.latency <= MAX_HANG_SECONDS:
@@ -85,6 +110,11 @@ class FaultSpec:
             raise ValueError("hang_seconds must be between 0 and 3600")
         if self.retry_after is not None and self.retry_after < 0:
             raise ValueError("retry_after must be >= 0")
+        if (self.lose_answer or self.drop_connection) and not (self.error_first or self.error_every or self.error_rate):
+            raise ValueError(
+                "lose_answer and drop_connection apply to the requests chosen by error_first, error_every or "
+                "error_rate: set one of them"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FaultSpec:
@@ -130,6 +160,10 @@ class FaultDecision:
     error_status: int | None = None
     hang_seconds: float | None = None
     retry_after: float | None = None
+    #: Handle the request, then lose its answer (replaced by the error or the dropped connection).
+    lose_answer: bool = False
+    #: Close the connection instead of answering ``error_status``.
+    drop_connection: bool = False
 
     @property
     def label(self) -> str | None:
@@ -140,7 +174,9 @@ class FaultDecision:
         if self.hang_seconds is not None:
             parts.append("hang")
         if self.error_status is not None:
-            parts.append(f"error={self.error_status}")
+            if self.lose_answer:
+                parts.append("lose_answer")
+            parts.append("dropped" if self.drop_connection else f"error={self.error_status}")
         return ",".join(parts) or None
 
 
@@ -163,6 +199,8 @@ class _RouteFault:
             error_status=spec.error_status if fail else None,
             hang_seconds=(spec.hang_seconds or MAX_HANG_SECONDS) if spec.hang else None,
             retry_after=spec.retry_after,
+            lose_answer=fail and spec.lose_answer,
+            drop_connection=fail and spec.drop_connection,
         )
 
 
@@ -172,7 +210,7 @@ class DownWindow:
 
     service: str
     mode: DownMode
-    until: float  # time.monotonic()
+    until: float  # on the board's clock
 
 
 def check_pattern(route: str) -> str:
@@ -183,9 +221,14 @@ def check_pattern(route: str) -> str:
 
 
 class FaultBoard:
-    """The faults currently set, shared by both services (thread-safe)."""
+    """The faults currently set, shared by both services (thread-safe).
 
-    def __init__(self) -> None:
+    Args:
+        clock: Times the down windows; the real clock if None.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
         self._faults: dict[str, _RouteFault] = {}
         self._down: dict[str, DownWindow] = {}
@@ -236,7 +279,7 @@ class FaultBoard:
             raise ValueError("mode must be 'refuse' (connections refused) or '503'")
         if not 0 < seconds <= MAX_HANG_SECONDS:
             raise ValueError("seconds must be between 0 and 3600")
-        window = DownWindow(service, mode, time.monotonic() + seconds)
+        window = DownWindow(service, mode, self._clock.monotonic() + seconds)
         with self._lock:
             self._down[service] = window
         return window
@@ -245,7 +288,7 @@ class FaultBoard:
         """The active down window of ``service``, if any."""
         with self._lock:
             window = self._down.get(service)
-            if window is not None and window.until <= time.monotonic():
+            if window is not None and window.until <= self._clock.monotonic():
                 del self._down[service]
                 return None
             return window

@@ -29,6 +29,7 @@ from flip_emulator.state import ADMIN_KEY_HEADER
 from flip_emulator.store import (
     CohortRecord,
     DownloadRecord,
+    DuplicateRecord,
     ModelRecords,
     RequestRecord,
     UploadRecord,
@@ -261,8 +262,16 @@ class EmulatorHandle:
     # ------------------------------------------------------------------ what was received
 
     def records(self, model_id: str) -> ModelRecords:
-        """What the hub received for ``model_id``: statuses in order, metrics, logs."""
+        """What the hub received for ``model_id``: statuses in order, metrics, logs, repeated keys."""
         return ModelRecords.from_json(self._admin("GET", f"/records/{model_id}"))
+
+    def duplicates(self, model_id: str) -> list[DuplicateRecord]:
+        """The hub writes for ``model_id`` repeated with an ``Idempotency-Key`` already seen (not recorded again).
+
+        One entry per route and key, in the order of their first repeat: ``count`` repeats, of which
+        ``conflicts`` were a different request (answered 422). Forgotten by :meth:`reset`.
+        """
+        return self.records(model_id).duplicates
 
     def downloads(self) -> list[DownloadRecord]:
         """Every image download, with start and end times."""

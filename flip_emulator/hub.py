@@ -14,6 +14,10 @@ every status applies                          PREPARED/RUNNING/ERROR/RESULTS_* a
 
 Each generation ignores fields it does not know, so a body carrying both ``trust`` and
 ``fl_client_name`` suits both.
+
+Every write route honours ``Idempotency-Key`` (see :mod:`flip_emulator.idempotency`): a repeat of a
+successful request gets the same answer (with ``Idempotent-Replayed: true``) and is not recorded
+again; the same key with a different request gets 422; a key that is not a UUID gets 400.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Response
@@ -29,9 +34,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from flip_emulator.admin import admin_router
 from flip_emulator.asgi import ServiceMiddleware, install_common
+from flip_emulator.idempotency import REPLAYED_HEADER, Answer, check_key, request_digest
 from flip_emulator.state import HUB_KEY_HEADER, Emulator
 from flip_emulator.store import ModelInfo
-from flip_nvflare.constants import HubApi
+from flip_nvflare.constants import IDEMPOTENCY_KEY_HEADER, HubApi
 
 H1_STATUSES = ("PENDING", "INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED", "ERROR", "STOPPED")
 H2_STATUSES = (
@@ -136,6 +142,19 @@ def create_hub_app(emulator: Emulator) -> FastAPI:
 
     router = APIRouter(prefix="/api", dependencies=[Depends(require_hub_key)])
 
+    def once(route: str, model_id: uuid.UUID, key: str | None, request: Any, handle: Callable[[], Answer]) -> Response:
+        """Handle a write, or (for a key already seen) answer it as the first request with that key."""
+        if key is None:
+            answer = handle()
+        else:
+            try:
+                checked = check_key(key)
+            except ValueError as exc:
+                raise HTTPException(status_code=400, detail=str(exc)) from None
+            answer = emulator.idempotency.run(route, str(model_id), checked, request_digest(request), handle)
+        headers = {REPLAYED_HEADER: "true"} if answer.replayed else None
+        return Response(answer.body, answer.status_code, headers=headers, media_type=answer.media_type)
+
     def model_or_404(model_id: uuid.UUID) -> ModelInfo:
         info = emulator.store.model(str(model_id))
         if info is None:
@@ -160,7 +179,12 @@ def create_hub_app(emulator: Emulator) -> FastAPI:
         return None
 
     @router.put("/model/{model_id}/status/{status}")
-    def set_status(model_id: uuid.UUID, status: str) -> dict[str, str]:
+    def set_status(
+        model_id: uuid.UUID, status: str, key: str | None = Header(default=None, alias=IDEMPOTENCY_KEY_HEADER)
+    ) -> Response:
+        return once("hub.status", model_id, key, status, lambda: _set_status(model_id, status))
+
+    def _set_status(model_id: uuid.UUID, status: str) -> Answer:
         hub_api = emulator.settings.hub_api
         allowed = statuses_of(hub_api)
         if status not in allowed:
@@ -171,10 +195,17 @@ def create_hub_app(emulator: Emulator) -> FastAPI:
         info = model_or_404(model_id)
         applied = not (hub_api is HubApi.H2 and info.status == "STOPPED" and status in H2_IGNORED_AFTER_STOP)
         emulator.store.record_status(info.model_id, status, applied=applied, hub_api=hub_api.value)
-        return {"success": "status set"}
+        return Answer.json(200, {"success": "status set"})
 
     @router.post("/model/{model_id}/metrics", status_code=204)
-    def post_metrics(model_id: uuid.UUID, body: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
+    def post_metrics(
+        model_id: uuid.UUID,
+        body: dict[str, Any] = Body(...),  # noqa: B008
+        key: str | None = Header(default=None, alias=IDEMPOTENCY_KEY_HEADER),
+    ) -> Response:
+        return once("hub.metrics", model_id, key, body, lambda: _post_metrics(model_id, body))
+
+    def _post_metrics(model_id: uuid.UUID, body: dict[str, Any]) -> Answer:
         hub_api = emulator.settings.hub_api
         if hub_api is HubApi.H1:
             h1 = _parse(H1Metric, body)
@@ -199,10 +230,17 @@ def create_hub_app(emulator: Emulator) -> FastAPI:
             x_label=x_label,
             hub_api=hub_api.value,
         )
-        return Response(status_code=204)
+        return Answer(204)
 
     @router.post("/model/{model_id}/logs")
-    def post_logs(model_id: uuid.UUID, body: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008
+    def post_logs(
+        model_id: uuid.UUID,
+        body: dict[str, Any] = Body(...),  # noqa: B008
+        key: str | None = Header(default=None, alias=IDEMPOTENCY_KEY_HEADER),
+    ) -> Response:
+        return once("hub.logs", model_id, key, body, lambda: _post_logs(model_id, body))
+
+    def _post_logs(model_id: uuid.UUID, body: dict[str, Any]) -> Answer:
         hub_api = emulator.settings.hub_api
         if hub_api is HubApi.H1:
             h1 = _parse(H1Log, body)
@@ -242,7 +280,7 @@ def create_hub_app(emulator: Emulator) -> FastAPI:
                 details=(h2.details or {}) if h2.event_type else None,
                 hub_api=hub_api.value,
             )
-        return {"detail": "Created"}
+        return Answer.json(200, {"detail": "Created"})
 
     app.include_router(router)
     app.include_router(admin_router(emulator))

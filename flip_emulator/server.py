@@ -59,6 +59,8 @@ class ServiceRunner:
     def __init__(self, name: str, app: Any, host: str, port: int, *, access_log: bool = False) -> None:
         import uvicorn
 
+        from flip_emulator.asgi import ClosableH11Protocol
+
         self.name = name
         self.host = host
         self.port = port
@@ -69,7 +71,7 @@ class ServiceRunner:
             access_log=access_log,
             timeout_graceful_shutdown=1,
             loop="asyncio",
-            http="h11",
+            http=ClosableH11Protocol,  # h11, able to drop a connection unanswered (fault drop_connection)
             ws="none",
         )
         self._server: Any = None
@@ -83,8 +85,13 @@ class ServiceRunner:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the service."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """``http://host:port`` of the service (on loopback when it listens on every address).
+
+        Loopback, not ``0.0.0.0``, because the admin routes answer only a ``Host`` that names a
+        loopback address (unless an admin key is set).
+        """
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from flip_emulator.config import DEFAULT_PROJECT_ID, EmulatorConfig, check_model_id, check_trust
 from flip_emulator.envelope import EnvelopeError, ProjectEnvelopes
-from flip_emulator.faults import FaultBoard
+from flip_emulator.faults import Clock, FaultBoard
+from flip_emulator.idempotency import IdempotencyLedger
 from flip_emulator.imaging import ImageArchive, ImagingError
 from flip_emulator.sql import CohortDatabase
 from flip_emulator.store import ModelInfo, RecordStore
@@ -70,18 +71,21 @@ class Emulator:
     Args:
         config: A resolved configuration (see :meth:`EmulatorConfig.resolved`).
         synthetic: The population to serve.
+        clock: The fault board's clock (down windows); the real clock if None.
     """
 
-    def __init__(self, config: EmulatorConfig, synthetic: SyntheticData) -> None:
+    def __init__(self, config: EmulatorConfig, synthetic: SyntheticData, clock: Clock | None = None) -> None:
         assert config.hub_key and config.trust_key and config.images_dir is not None
         # The services keep only digests of the keys: the plain values stay with whoever printed them.
         self.config = replace(config, hub_key=None, trust_key=None, admin_key=None, envelope_secret=None)
         self.synthetic = synthetic
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = RecordStore(config.data_dir / RECORDS_FILE)
-        self.faults = FaultBoard()
+        self.faults = FaultBoard(clock)
         for route, spec in config.faults.items():
             self.faults.set(route, spec)
+        #: The hub's Idempotency-Key answers (this run only).
+        self.idempotency = IdempotencyLedger()
         self.envelopes = ProjectEnvelopes(self._envelope_secret(config.envelope_secret))
         self.cohorts = CohortDatabase(synthetic.omop_path, timeout=config.query_timeout)
         self.images = ImageArchive(synthetic.archive, config.data_dir / "uploads", config.images_dir, config.net_id)
@@ -241,8 +245,9 @@ class Emulator:
                 control.bring_up()
 
     def reset(self, *, images: bool = True) -> None:
-        """Forget records, models registered at run time, faults and (if ``images``) downloaded images."""
+        """Forget records, idempotency keys, run-time models, faults and (if ``images``) downloaded images."""
         self.clear_faults()
+        self.idempotency.clear()
         self.store.reset(models=True)
         for model_id, trusts in self.config.models.items():
             self.store.register_model(model_id, trusts, project_id=DEFAULT_PROJECT_ID, registered_by="start")

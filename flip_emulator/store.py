@@ -173,6 +173,25 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class DuplicateRecord:
+    """Repeats of one hub write, recognised by its ``Idempotency-Key`` (bodies are never kept).
+
+    Attributes:
+        route: ``hub.status``, ``hub.metrics`` or ``hub.logs``.
+        key: The ``Idempotency-Key`` value.
+        count: Requests with this key after the first one (route and model alike): each got the
+            first answer again, or 422 if it was not the same request.
+        conflicts: How many of them were a different request (another status, another body),
+            answered 422.
+    """
+
+    route: str
+    key: str
+    count: int
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A registered model."""
 
@@ -193,6 +212,9 @@ class ModelRecords:
         statuses: Statuses in arrival order (ignored ones included, with ``applied=False``).
         metrics: Metrics in arrival order.
         logs: Logs and typed events in arrival order.
+        duplicates: Hub writes repeated with an ``Idempotency-Key`` already seen for the route and
+            model, in the order of their first repeat (none were recorded again). Known to the running
+            emulator only (its admin routes and handle), not to ``--show``.
     """
 
     model_id: str
@@ -200,6 +222,7 @@ class ModelRecords:
     statuses: list[StatusRecord] = field(default_factory=list)
     metrics: list[MetricRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
+    duplicates: list[DuplicateRecord] = field(default_factory=list)
 
     def status_names(self, *, applied_only: bool = False) -> list[str]:
         """The status names received, in order."""
@@ -219,6 +242,7 @@ class ModelRecords:
             statuses=[StatusRecord(**s) for s in data.get("statuses", [])],
             metrics=[MetricRecord(**m) for m in data.get("metrics", [])],
             logs=[LogRecord(**lg) for lg in data.get("logs", [])],
+            duplicates=[DuplicateRecord(**d) for d in data.get("duplicates", [])],
         )
 
 

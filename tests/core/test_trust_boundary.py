@@ -403,3 +403,37 @@ def test_prod_backend_refuses_silly_response_bounds() -> None:
         FLIPStandardProd(max_response_bytes=0)
     with pytest.raises(FlipConfigError, match="max_cohort_bytes"):
         FLIPStandardProd(max_cohort_bytes=True)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- retries deliver once
+
+
+@pytest.mark.parametrize("route", ["hub.status", "hub.metrics", "hub.logs"])
+@pytest.mark.parametrize("drop_connection", [True, False])
+def test_a_call_whose_answer_was_lost_is_recorded_once(emu: EmulatorHandle, route: str, drop_connection: bool) -> None:
+    """The hub records the call, the answer never arrives, the HTTP layer retries with the same key."""
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    emu.set_fault(route, error_first=1, lose_answer=True, drop_connection=drop_connection, error_status=503)
+    backend = emu.prod_backend(retry=RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.02, jitter=0))
+    if route == "hub.status":
+        backend.update_status(model, ModelStatus.INITIATED)
+    elif route == "hub.metrics":
+        backend.send_metrics("site-1", model, "LOSS", 0.5, 0)
+    else:
+        backend.send_handled_exception("it failed", "site-1", model)
+    records = emu.records(model)
+    assert len(records.statuses) + len(records.metrics) + len(records.logs) == 1
+    (duplicate,) = emu.duplicates(model)
+    assert duplicate.route == route and duplicate.count == 1 and duplicate.conflicts == 0
+    attempts = [r for r in emu.requests("hub") if r.path.startswith("/api/model/")]
+    assert len(attempts) == 2 and len({r.key_headers for r in attempts}) == 1
+
+
+def test_two_calls_with_the_same_content_are_both_recorded(emu: EmulatorHandle) -> None:
+    """Idempotency keys are per call, not derived from content: a real repeat is not mistaken for a retry."""
+    model = emu.register_model(trusts=["Trust_1"]).model_id
+    backend = emu.prod_backend()
+    backend.send_metrics("site-1", model, "LOSS", 0.5, 0)
+    backend.send_metrics("site-1", model, "LOSS", 0.5, 0)
+    assert len(emu.records(model).metrics) == 2
+    assert emu.duplicates(model) == []
