@@ -23,6 +23,7 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.server_engine_spec import ServerEngineSpec
 
+from flip_nvflare.args import json_bool
 from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipMode
 from flip_nvflare.core.base import FLIPBase, check_model_id
@@ -115,10 +116,10 @@ class FlipBackend(FLComponent):
         self._dev_dataframe = dev_dataframe
         self._dev_images_dir = dev_images_dir
         self._dev_output_dir = dev_output_dir
-        self._allow_dev_in_secure_mode = bool(allow_dev_in_secure_mode)
+        self._allow_dev_in_secure_mode = json_bool("FlipBackend", "allow_dev_in_secure_mode", allow_dev_in_secure_mode)
         self._hub_api = hub_api
         self._http_timeout = http_timeout
-        self._check_settings = bool(check_settings)
+        self._check_settings = json_bool("FlipBackend", "check_settings", check_settings)
         self._trust_names = TrustNames(trust_names)
         self._session_settings = SessionSettings(
             concurrency=_positive("hub_concurrency", hub_concurrency, int),

@@ -34,6 +34,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
+from flip_nvflare.args import json_bool
 from flip_nvflare.backend import get_flip_backend
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders, ResourceType
 from flip_nvflare.core.base import FLIPBase, as_resource_types, check_accession_id
@@ -117,8 +118,8 @@ class CohortPreparer(Executor):
         self._concurrency = concurrency
         self._max_missing_fraction = float(max_missing_fraction)
         self._accession_column = accession_column
-        self._download_images = bool(download_images)
-        self._allow_empty = bool(allow_empty_cohort)
+        self._download_images = json_bool("CohortPreparer", "download_images", download_images)
+        self._allow_empty = json_bool("CohortPreparer", "allow_empty_cohort", allow_empty_cohort)
         self._progress_interval = float(progress_interval)
         self._flip_id = flip_id
 

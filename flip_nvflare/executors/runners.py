@@ -12,6 +12,8 @@ an NVFlare-style executor: built with keyword arguments, called with
   ``prepared_cohort()`` finds this job's prepared cohort;
 - passes the user's reply through; any exception becomes an execution-exception reply whose
   ``exception`` header is the sanitized traceback (the full one stays in the client's log);
+- strips a reply whose return code is not OK down to its headers (return code and sanitized
+  ``exception`` header kept; any DXO or other payload removed): a failed result carries no weights;
 - forwards NVFlare events to the user's object once it exists, if it is an FLComponent.
 """
 
@@ -45,6 +47,7 @@ from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipAppError, format_traceback
 from flip_nvflare.executors.manifest import cohort_identifiers
 from flip_nvflare.executors.sanitize import DEFAULT_MAX_CHARS, Sanitizer
+from flip_nvflare.filters.percentile_privacy import withhold_payload
 from flip_nvflare.workspace import job_custom_dir, job_run_dir
 
 
@@ -108,7 +111,10 @@ class _AppRunner(Executor):
                 )
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        """Run the user's ``execute`` and pass its reply through; turn any exception into a sanitized reply."""
+        """Run the user's ``execute`` and pass its reply on; turn any exception into a sanitized reply.
+
+        A reply whose return code is not OK keeps only its headers (see :func:`withhold_payload`).
+        """
         try:
             with self._user_context(fl_ctx) as backend:
                 instance = self._get_instance(fl_ctx, backend)
@@ -130,6 +136,14 @@ class _AppRunner(Executor):
         reported = result.get_header(FlipHeaders.EXCEPTION)
         if reported is not None:
             result.set_header(FlipHeaders.EXCEPTION, self._safe_text(fl_ctx, str(reported)))
+        return_code = result.get_return_code()
+        if return_code != ReturnCode.OK and withhold_payload(result):
+            self.log_warning(
+                fl_ctx,
+                f"{self.role.class_name} returned {str(return_code)[:64]!r} for task {task_name!r} with a payload; "
+                "it was removed: a failed result leaves the site with its return code and headers only.",
+                fire_event=False,
+            )
         return result
 
     # ------------------------------------------------------------------ the user's object

@@ -21,7 +21,11 @@ makes new arrays for every layer:
 What it adds to the stock filter: an ``off`` switch, an optional site minimum
 (``min_percentile``, ``max_gamma``) that makes a weaker setting a configuration error, and
 fail-closed argument checks: the stock filter silently shares the unfiltered update when
-``percentile`` or ``gamma`` is out of range; this one refuses to be built.
+``percentile`` or ``gamma`` is out of range; this one refuses to be built. Where the stock filter
+would let more leave than its settings say, this one fails closed (see :class:`PercentilePrivacy`):
+a result whose return code is not OK leaves without its payload, an update holding NaN or
+infinite values is refused, and a filter carrying a site minimum does not let the job's step count
+widen the clip bound.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from typing import Any
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 
+from flip_nvflare.args import json_bool
 from flip_nvflare.errors import FlipArgumentTypeError, FlipConfigError, FlipInvalidArgument
 
-__all__ = ["PercentilePrivacy"]
+__all__ = ["PercentilePrivacy", "withhold_payload"]
 
 Array = np.ndarray[Any, Any]
 
@@ -81,20 +87,43 @@ class PercentilePrivacy(DXOFilter):
     Python object refers to them) are changed in place; any other array is left untouched and a
     filtered copy is shared instead. Set ``in_place=False`` to always copy.
 
+    Where it differs from the stock filter (it fails closed wherever the stock one lets more leave):
+
+    * **Failed results.** NVFlare's ``DXOFilter.process`` (so the stock filter, and the stock
+      ``DXOBlocker`` too) returns a result whose return code is not OK untouched, DXO and all. This
+      filter instead removes every entry of such a result except its headers (the return code and,
+      e.g., the sanitized ``exception`` header stay; the DXO content type goes), whatever the DXO's
+      kind, ``data_kinds`` and ``off``, and logs a warning. A failed result carries no weights.
+    * **NaN or infinite values.** A NaN anywhere makes the stock cutoff NaN, which zeroes nothing,
+      so every value is shared (clipped); infinities can do the same. This filter refuses such an
+      update with a :class:`FlipInvalidArgument` giving how many layers hold them (no names, no
+      values), before changing anything; NVFlare then sends a ``TASK_RESULT_FILTER_ERROR`` reply
+      without data. Values that only become infinite when divided by a step count below 1 are
+      refused the same way.
+    * **The step count.** Dividing by ``steps`` and multiplying back makes the clip bound of the
+      shared changes ``gamma * steps``; which changes are zeroed does not depend on it (scaling
+      keeps their order). A filter carrying a site minimum (``min_percentile`` or ``max_gamma`` set,
+      as every filter ``flip-nvflare site-policy render`` writes does) therefore uses ``steps = 1``
+      whatever the job reports: every shared change is within ``[-gamma, gamma]``, and its output
+      is the stock filter's for an update without ``NUM_STEPS_CURRENT_ROUND``. A reported count
+      that is not a positive finite number is still refused. Without a site minimum the reported
+      count is used, as in the stock filter.
+
     Args:
         percentile: Only absolute changes at or above this percentile (0..100) are shared.
             Defaults to 10.
         gamma: Clip bound (> 0) for the shared changes. Defaults to 0.01.
         data_kinds: DXO data kinds to filter, a subset of ``["WEIGHT_DIFF", "WEIGHTS"]``.
             Defaults to both, like the stock filter.
-        off: If true, the filter passes everything through unchanged. Cannot be combined with a
-            site minimum.
+        off: If true, the filter passes OK results through unchanged (failed results still lose
+            their payload). Cannot be combined with a site minimum.
         min_percentile: Site minimum: building the filter fails if ``percentile`` is below it.
         max_gamma: Site minimum: building the filter fails if ``gamma`` is above it.
         in_place: Allow changing arrays that only the task result references. Defaults to True.
 
     Raises:
-        FlipArgumentTypeError: An argument has the wrong type (a TypeError).
+        FlipArgumentTypeError: An argument has the wrong type (a TypeError; for ``off`` and
+            ``in_place`` also a FlipConfigError).
         FlipConfigError: An argument is out of range or weaker than the site minimum (a ValueError).
     """
 
@@ -141,10 +170,8 @@ class PercentilePrivacy(DXOFilter):
                 f"PercentilePrivacy: gamma must be a positive finite number, got {gamma!r}; "
                 "e.g. 0.01 clips every shared change to [-0.01, 0.01]"
             )
-        if not isinstance(off, bool):
-            raise FlipArgumentTypeError(f"PercentilePrivacy: off must be true or false, got {off!r}")
-        if not isinstance(in_place, bool):
-            raise FlipArgumentTypeError(f"PercentilePrivacy: in_place must be true or false, got {in_place!r}")
+        json_bool("PercentilePrivacy", "off", off)
+        json_bool("PercentilePrivacy", "in_place", in_place)
         if min_percentile is not None:
             _check_real("min_percentile", min_percentile)
             if not 0 <= min_percentile <= 100:
@@ -173,6 +200,29 @@ class PercentilePrivacy(DXOFilter):
                 "cannot be switched off; remove 'off' or the minimum"
             )
 
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        """Filter a task result: OK results as NVFlare's DXOFilter does, failed ones lose their payload.
+
+        Args:
+            shareable: The task result leaving the site.
+            fl_ctx: The FL context (for logging).
+
+        Returns:
+            The same Shareable: filtered if its return code is OK, else with its headers only.
+        """
+        return_code = shareable.get_return_code()
+        if return_code != ReturnCode.OK:
+            removed = withhold_payload(shareable)
+            if removed:
+                self.log_warning(
+                    fl_ctx,
+                    f"A task result with return code {str(return_code)[:64]!r} carried a payload ({removed} "
+                    "entries); it was removed: a failed result leaves the site with its headers only.",
+                    fire_event=False,
+                )
+            return shareable
+        return super().process(shareable, fl_ctx)
+
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         """Filter one WEIGHT_DIFF or WEIGHTS DXO.
 
@@ -186,8 +236,8 @@ class PercentilePrivacy(DXOFilter):
 
         Raises:
             FlipArgumentTypeError: A layer is not a real-valued numpy array or scalar (a TypeError).
-            FlipInvalidArgument: The DXO has no values, or its NUM_STEPS_CURRENT_ROUND meta is not a
-                number (a ValueError).
+            FlipInvalidArgument: The DXO has no values, holds NaN or infinite values, or its
+                NUM_STEPS_CURRENT_ROUND meta is not a positive finite number (a ValueError).
         """
         self._check_settings()
         if self.off:
@@ -203,6 +253,8 @@ class PercentilePrivacy(DXOFilter):
                 f"PercentilePrivacy: the DXO meta '{MetaKey.NUM_STEPS_CURRENT_ROUND}' must be a positive "
                 f"number, got {steps!r}; set it to the number of local steps, or leave it out"
             )
+        if self.min_percentile is not None or self.max_gamma is not None:
+            steps = 1  # a site filter: the job's step count may not widen the clip bound (gamma * steps)
         dxo.data = _filter_layers(data, self.percentile, self.gamma, steps, in_place=self.in_place)
         return dxo
 
@@ -225,10 +277,12 @@ def _filter_layers(
 
     Raises:
         FlipArgumentTypeError: A layer is not a real-valued numpy array or scalar (a TypeError).
-        FlipInvalidArgument: There are no values at all (a ValueError).
+        FlipInvalidArgument: There are no values at all, or some are NaN or infinite (before or
+            after the division by ``steps``) (a ValueError).
     """
     for name in data:
         _check_layer(name, data[name])
+    _refuse_non_finite(list(data.values()), len(data), divided=False)
     sole = _sole_reference_count()
     scaled: dict[str, Any] = {}
     pieces: list[Array] = []
@@ -250,6 +304,8 @@ def _filter_layers(
         scaled[name] = quotient
         pieces.append(quotient.ravel(order="K"))
 
+    if steps < 1:  # dividing by less than 1 can overflow to inf
+        _refuse_non_finite(list(scaled.values()), len(data), divided=True)
     total = sum(p.size for p in pieces)
     if total == 0:
         raise FlipInvalidArgument(
@@ -265,6 +321,50 @@ def _filter_layers(
         else:
             result[name] = _zero_clip_rescale(quotient, cutoff, gamma, steps)
     return result
+
+
+def withhold_payload(result: Shareable) -> int:
+    """Remove everything from ``result`` but its headers, in place: what a failed result may carry out.
+
+    The return code and other headers (e.g. the sanitized ``exception`` header) stay; the DXO
+    content-type header goes with the DXO.
+
+    Args:
+        result: A task result (a Shareable: a dict whose ``__headers__`` entry holds the headers).
+
+    Returns:
+        How many entries were removed (0 if there was nothing but headers).
+    """
+    removed = 0
+    for key in [k for k in result if k != ReservedHeaderKey.HEADERS]:
+        del result[key]
+        removed += 1
+    headers = result.get(ReservedHeaderKey.HEADERS)
+    if isinstance(headers, dict) and ReservedHeaderKey.CONTENT_TYPE in headers:
+        del headers[ReservedHeaderKey.CONTENT_TYPE]
+    return removed
+
+
+def _refuse_non_finite(layers: list[Any], count: int, *, divided: bool) -> None:
+    """Raise if any layer holds a NaN or an infinity, giving how many layers do (no names, no values)."""
+    bad = sum(1 for value in layers if not _all_finite(value))
+    if bad:
+        when = " once divided by the DXO meta NUM_STEPS_CURRENT_ROUND" if divided else ""
+        raise FlipInvalidArgument(
+            f"PercentilePrivacy: refused the update: {bad} of {count} layers hold NaN or infinite values{when}; "
+            "nothing of it may leave the site (check the training for divergence, e.g. a too-high learning rate)"
+        )
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether a numpy array or scalar holds no NaN or infinity, without a temporary of its size."""
+    if value.dtype.kind != "f" or value.size == 0:
+        return True
+    with np.errstate(all="ignore"):
+        if np.isfinite(np.sum(value)):  # one pass: a NaN or an infinity would make the sum non-finite
+            return True
+        # the sum may only have overflowed: look at the extremes (NaN propagates through min and max)
+        return bool(np.isfinite(np.min(value)) and np.isfinite(np.max(value)))
 
 
 def _is_real(value: object) -> bool:

@@ -13,9 +13,10 @@ import pytest
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy as StockPercentilePrivacy
 
+from flip_nvflare.errors import FlipInvalidArgument
 from flip_nvflare.filters import percentile_privacy as pp
 from flip_nvflare.filters.percentile_privacy import PercentilePrivacy
 
@@ -203,22 +204,47 @@ def test_scalars_count_towards_the_percentile_but_are_not_clipped(selection: str
     assert out["numpy_scalar"] == -3.0  # not clipped to gamma
 
 
-def test_nan_makes_the_cutoff_nan_like_stock(selection: str, fl_ctx: FLContext) -> None:
+def test_stock_shares_every_value_of_an_update_with_a_nan(fl_ctx: FLContext) -> None:
+    # why ours refuses non-finite updates: a NaN cutoff zeroes nothing, so stock shares every value
     data = _model(np.random.default_rng(7), [np.float32], layers=30)
     data["layer3.weight"].flat[2] = np.nan
-    out = assert_same_as_stock(data, fl_ctx)
-    assert np.isnan(out["layer3.weight"].flat[2])
-    # a NaN cutoff zeroes nothing: every other value is only clipped
+    out = _stock(data, fl_ctx)
     assert np.count_nonzero(out["layer0.weight"]) == data["layer0.weight"].size
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_infinities_match_stock(selection: str, fl_ctx: FLContext) -> None:
-    data = _model(np.random.default_rng(8), [np.float64], layers=30)
-    data["layer1.weight"].flat[:3] = [np.inf, -np.inf, np.inf]
-    for percentile in (10, 100):
-        assert_same_as_stock(data, fl_ctx, percentile=percentile)
-    assert_same_as_stock({"a": np.full(3000, np.inf)}, fl_ctx)  # inf - inf: a NaN cutoff, as in numpy
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_non_finite_updates_are_refused(bad: float, dtype: Any, fl_ctx: FLContext) -> None:
+    data = _model(np.random.default_rng(7), [dtype], layers=30)
+    data["layer3.weight"].flat[0] = bad
+    data["layer7.weight"].flat[0] = bad
+    snapshot = copy.deepcopy(data)
+    dxo = DXO(DataKind.WEIGHT_DIFF, data=data)
+    with pytest.raises(FlipInvalidArgument, match="2 of 30 layers hold NaN or infinite values") as info:
+        PercentilePrivacy().process_dxo(dxo, Shareable(), fl_ctx)
+    assert "layer3" not in str(info.value) and "inf," not in str(info.value)  # a count, no names or values
+    assert_identical(snapshot, dxo.data)  # refused before anything was changed
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_scalar_layer_is_refused(bad: float, fl_ctx: FLContext) -> None:
+    data = _model(np.random.default_rng(8), [np.float64], layers=4)
+    data["scalar"] = np.float64(bad)
+    with pytest.raises(FlipInvalidArgument, match="1 of 5 layers"):
+        PercentilePrivacy().process_dxo(DXO(DataKind.WEIGHT_DIFF, data=data), Shareable(), fl_ctx)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_step_count_that_overflows_the_update_is_refused(fl_ctx: FLContext) -> None:
+    # finite values divided by a tiny step count overflow to inf: refused like an inf in the update
+    with pytest.raises(FlipInvalidArgument, match="1 of 1 layers"):
+        _ours({"w": np.linspace(-1, 1, 1000, dtype=np.float32)}, fl_ctx, steps=1e-40)
+
+
+def test_a_refused_update_fails_the_result_filter(fl_ctx: FLContext) -> None:
+    shareable = _shareable(DataKind.WEIGHT_DIFF, {"w": np.array([0.1, np.nan, 0.2], np.float32)})
+    with pytest.raises(FlipInvalidArgument):
+        PercentilePrivacy().process(shareable, fl_ctx)
 
 
 def test_many_ties_fall_back_to_radix_and_stay_exact(monkeypatch: pytest.MonkeyPatch, fl_ctx: FLContext) -> None:
@@ -360,12 +386,53 @@ def test_collection_is_filtered_inside_like_stock(fl_ctx: FLContext) -> None:
     assert results[1]["m"].data == {"a": 1}
 
 
-def test_failed_and_non_dxo_results_pass_through(fl_ctx: FLContext) -> None:
-    failed = _shareable(DataKind.WEIGHT_DIFF, {"w": np.ones(10, np.float32)}, rc=ReturnCode.EXECUTION_EXCEPTION)
-    assert PercentilePrivacy().process(failed, fl_ctx) is failed
-    assert from_shareable(failed).data["w"].tolist() == [1.0] * 10
+def test_non_dxo_results_pass_through(fl_ctx: FLContext) -> None:
     plain = make_reply(ReturnCode.OK, headers={"summary": 3})
     assert PercentilePrivacy().process(plain, fl_ctx) is plain
+    assert plain.get_header("summary") == 3
+
+
+def test_stock_passes_a_failed_result_with_weights_untouched(fl_ctx: FLContext) -> None:
+    # why ours overrides process(): NVFlare's DXOFilter skips every result whose return code is not OK
+    failed = _shareable(DataKind.WEIGHT_DIFF, {"w": np.ones(10, np.float32)}, rc=ReturnCode.EXECUTION_EXCEPTION)
+    assert StockPercentilePrivacy().process(failed, fl_ctx) is failed
+    assert from_shareable(failed).data["w"].tolist() == [1.0] * 10
+
+
+def _failed_with_payload(kind: str) -> Shareable:
+    if kind == DataKind.COLLECTION:
+        failed = DXO(kind, data={"d": DXO(DataKind.WEIGHTS, {"w": np.ones(4, np.float32)})}).to_shareable()
+        failed.set_return_code(ReturnCode.EXECUTION_EXCEPTION)
+    else:
+        failed = _shareable(kind, {"w": np.ones(10, np.float32)}, rc=ReturnCode.EXECUTION_EXCEPTION)
+    failed.set_header("exception", "ValueError: sanitized text")
+    failed["extra"] = {"w": np.ones(3, np.float32)}  # a payload outside the DXO too
+    return failed
+
+
+@pytest.mark.parametrize("kind", [DataKind.WEIGHT_DIFF, DataKind.WEIGHTS, DataKind.METRICS, DataKind.COLLECTION])
+@pytest.mark.parametrize(
+    "args", [{}, {"off": True}, {"data_kinds": [DataKind.WEIGHT_DIFF]}, {"min_percentile": 10, "max_gamma": 0.01}]
+)
+@pytest.mark.parametrize("rc", [ReturnCode.EXECUTION_EXCEPTION, ReturnCode.TASK_ABORTED, "SOMETHING_ELSE"])
+def test_a_failed_result_leaves_without_its_payload(
+    kind: str, args: dict[str, Any], rc: str, fl_ctx: FLContext
+) -> None:
+    failed = _failed_with_payload(kind)
+    failed.set_return_code(rc)
+    out = PercentilePrivacy(**args).process(failed, fl_ctx)
+    assert out.get_return_code() == rc
+    assert out.get_header("exception") == "ValueError: sanitized text"
+    assert set(out) == {ReservedHeaderKey.HEADERS}
+    assert out.get_header(ReservedHeaderKey.CONTENT_TYPE) is None
+    with pytest.raises(ValueError):
+        from_shareable(out)
+
+
+def test_a_failed_result_without_payload_is_unchanged(fl_ctx: FLContext) -> None:
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={"exception": "boom"})
+    before = copy.deepcopy(failed)
+    assert PercentilePrivacy().process(failed, fl_ctx) == before
 
 
 def test_off_passes_everything_through(fl_ctx: FLContext) -> None:
@@ -456,6 +523,37 @@ def test_bad_step_count_is_refused(steps: Any, fl_ctx: FLContext) -> None:
     dxo.meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
     with pytest.raises(ValueError, match="NUM_STEPS_CURRENT_ROUND"):
         PercentilePrivacy().process_dxo(dxo, Shareable(), fl_ctx)
+
+
+# --- the step count -----------------------------------------------------------------------------
+
+
+def test_stock_lets_the_step_count_loosen_the_clip(fl_ctx: FLContext) -> None:
+    # why a site filter bounds the step count: the stock clip bound is gamma * steps
+    data = {"w": np.linspace(-1, 1, 1000, dtype=np.float64)}
+    assert np.abs(_stock(data, fl_ctx, steps=1e6, gamma=0.01)["w"]).max() == 1.0  # nothing clipped
+
+
+@pytest.mark.parametrize("steps", [None, 1, 3, 2.5, 1e6, 1e30, np.int64(50), np.float32(8), 0.5, 1e-3, 1e-30])
+@pytest.mark.parametrize(
+    "minimum", [{"max_gamma": 0.01}, {"min_percentile": 10}, {"min_percentile": 5, "max_gamma": 0.5}]
+)
+def test_a_site_filter_uses_one_step_whatever_the_job_reports(
+    selection: str, steps: Any, minimum: dict[str, Any], fl_ctx: FLContext
+) -> None:
+    data = _model(np.random.default_rng(21), [np.float32, np.float64], layers=40, scale=0.05)
+    expected = _stock(data, fl_ctx, None, percentile=10, gamma=0.01)
+    actual = _ours(data, fl_ctx, steps, percentile=10, gamma=0.01, **minimum)
+    assert_identical(expected, actual)
+    assert max(float(np.abs(v).max()) for v in actual.values()) <= 0.01
+
+
+@pytest.mark.parametrize("steps", ["3", None, 0, -2, float("nan"), float("inf"), True])
+def test_a_site_filter_still_refuses_a_bad_step_count(steps: Any, fl_ctx: FLContext) -> None:
+    dxo = DXO(DataKind.WEIGHT_DIFF, data={"w": np.ones(4, np.float32)})
+    dxo.meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
+    with pytest.raises(ValueError, match="NUM_STEPS_CURRENT_ROUND"):
+        PercentilePrivacy(min_percentile=10, max_gamma=0.01).process_dxo(dxo, Shareable(), fl_ctx)
 
 
 def test_update_without_values_is_refused(fl_ctx: FLContext) -> None:
