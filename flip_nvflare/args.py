@@ -8,16 +8,12 @@ the component and the argument, never be coerced: ``bool("false")`` is ``True``,
 
 from __future__ import annotations
 
-from flip_nvflare.errors import FlipArgumentTypeError, FlipConfigError
+from flip_nvflare.errors import FlipConfigTypeError
 
 __all__ = ["FlipConfigTypeError", "json_bool"]
 
 #: Longest repr of a refused value shown in an error message.
 _MAX_SHOWN = 40
-
-
-class FlipConfigTypeError(FlipConfigError, FlipArgumentTypeError):
-    """A job-config argument has the wrong JSON type: a :class:`FlipConfigError` and a TypeError."""
 
 
 def json_bool(owner: str, name: str, value: object) -> bool:

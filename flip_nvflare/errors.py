@@ -23,6 +23,10 @@ class FlipArgumentTypeError(FlipError, TypeError):
     """An argument has the wrong type (e.g. a metric value that is not a number)."""
 
 
+class FlipConfigTypeError(FlipConfigError, FlipArgumentTypeError):
+    """A job-config argument has the wrong JSON type: a :class:`FlipConfigError` and a TypeError."""
+
+
 class FlipKeyError(FlipError, KeyError):
     """A name asked for is not there (a weight missing from a model, an accession not in the cohort)."""
 
@@ -112,6 +116,14 @@ class PreparationError(FlipError):
 
 class PreparedCohortError(FlipError):
     """The job has no prepared cohort (or it cannot be read); the message says what to do."""
+
+
+class UntrustedManifestError(PreparedCohortError):
+    """A manifest names a claims folder that is not this trust's ``IMAGES_DIR/NET_ID``: nothing is done."""
+
+
+class ClaimsLayoutError(FlipError):
+    """The claims folder, its trash, lock or a marker folder is a symlink (or not a folder): nothing is done."""
 
 
 class SitePolicyError(FlipConfigError):

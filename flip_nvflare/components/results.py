@@ -16,6 +16,10 @@ At END_RUN of a run that completed, the uploader:
    results are and fires FlipEvents.RESULTS_UPLOAD_FAILED. The StatusReporter turns these events
    into the final status.
 
+Symlinks are never followed: an included file that is a link, or is reached through a linked
+folder, is not gathered; a link in the results folder is not zipped; a results folder that is itself
+a link is refused (the upload fails). The summary's ``skipped_links`` counts the links skipped.
+
 A run that was aborted or failed is not uploaded: its results folder (with the summary) is kept
 and the log says where. The upload runs at END_RUN, when training is over; hub calls still go
 through the background delivery, which drains after it.
@@ -42,11 +46,14 @@ from flip_nvflare.components.result_json import (
 from flip_nvflare.components.session import HubSession, RunOutcome
 from flip_nvflare.components.widget import HubWidget, run_outcome
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipProps
+from flip_nvflare.core.results import count_links
 from flip_nvflare.errors import FlipConfigError
 
 DEFAULT_INCLUDE = ("app_server/*.pt", "app_server/*.pth", "models/*")
 DEFAULT_REMOVE_AFTER_UPLOAD = ("cross_site_val",)
 SUMMARY_FILE = "run_summary.json"
+#: Run summary field: symlinks skipped (not followed) while gathering and zipping the results.
+SKIPPED_LINKS = "skipped_links"
 
 
 def _check_patterns(name: str, patterns: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
@@ -63,6 +70,16 @@ def _check_patterns(name: str, patterns: Sequence[str] | None, default: Sequence
 def _inside(path: Path, root: Path) -> bool:
     resolved, resolved_root = path.resolve(), root.resolve()
     return resolved != resolved_root and resolved.is_relative_to(resolved_root)
+
+
+def _first_link(path: Path, root: Path) -> Path | None:
+    """The first symlink on the way from ``root`` (not included) down to ``path`` (included), if any."""
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
 
 
 def _search_roots(fl_ctx: FLContext, run_dir: Path) -> list[Path]:
@@ -122,9 +139,11 @@ class ResultsUploader(HubWidget):
         run_dir = folder.parent
         roots = _search_roots(fl_ctx, run_dir)
         try:
+            if folder.is_symlink():
+                raise FlipConfigError(f"the results folder {folder} is a symlink; symlinks are never followed")
             folder.mkdir(parents=True, exist_ok=True)
-            gathered = self._gather(fl_ctx, roots, folder)
-            self._write_summary(fl_ctx, session, folder, outcome, gathered)
+            gathered, skipped = self._gather(fl_ctx, roots, folder)
+            self._write_summary(fl_ctx, session, folder, outcome, gathered, skipped)
         except Exception as exc:
             self.log_exception(fl_ctx, f"Gathering the results in {folder} failed: {type(exc).__name__}: {exc}")
             if outcome is RunOutcome.COMPLETED:
@@ -152,24 +171,40 @@ class ResultsUploader(HubWidget):
         self._clean_up(fl_ctx, roots, folder, gathered)
         self._announce(fl_ctx, FlipEvents.RESULTS_UPLOADED, location)
 
-    def _gather(self, fl_ctx: FLContext, roots: list[Path], folder: Path) -> list[Path]:
-        """Copy the included files into the results folder (flat); return the originals copied."""
+    def _gather(self, fl_ctx: FLContext, roots: list[Path], folder: Path) -> tuple[list[Path], int]:
+        """Copy the included files into the results folder (flat), never through a symlink.
+
+        Returns:
+            The originals copied, and the number of symlinks skipped (a linked file, or a linked
+            folder the pattern went through, counted once).
+        """
         gathered: list[Path] = []
         seen: set[Path] = set()
+        links: set[Path] = set()
         for root in roots:
             for pattern in self._include:
                 for source in sorted(root.glob(pattern)):
+                    if source.is_relative_to(folder):  # already in the results (its links are counted there)
+                        continue
+                    link = _first_link(source, root)
+                    if link is not None:
+                        links.add(link)
+                        continue
                     if not source.is_file() or source.resolve() in seen or _inside(source, folder):
                         continue
                     seen.add(source.resolve())
                     target = folder / source.name
-                    if target.exists():
+                    if target.exists() or target.is_symlink():
                         self.log_warning(
                             fl_ctx, f"{source} not added to the results: a file named {source.name} is there.", False
                         )
                         continue
-                    shutil.copy2(source, target)
+                    shutil.copy2(source, target, follow_symlinks=False)
                     gathered.append(source)
+        if links:
+            self.log_warning(
+                fl_ctx, f"{len(links)} symlink(s) matching include were skipped, not followed.", fire_event=False
+            )
         if not gathered:
             self.log_warning(
                 fl_ctx,
@@ -177,13 +212,23 @@ class ResultsUploader(HubWidget):
                 "(set ResultsUploader include= to where the persistor saves it).",
                 fire_event=False,
             )
-        return gathered
+        return gathered, len(links)
 
     def _write_summary(
-        self, fl_ctx: FLContext, session: HubSession, folder: Path, outcome: RunOutcome, gathered: list[Path]
+        self,
+        fl_ctx: FLContext,
+        session: HubSession,
+        folder: Path,
+        outcome: RunOutcome,
+        gathered: list[Path],
+        skipped_links: int,
     ) -> None:
         summary = session.summary()
-        files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != SUMMARY_FILE)
+        if (folder / SUMMARY_FILE).is_symlink():  # the summary's own name: replaced, never written through
+            (folder / SUMMARY_FILE).unlink()
+        files = sorted(
+            p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.name != SUMMARY_FILE
+        )
         summary.update(
             {
                 "job_id": fl_ctx.get_job_id(),
@@ -192,6 +237,7 @@ class ResultsUploader(HubWidget):
                 "rounds_aggregated": self._rounds_aggregated,
                 "files": [*files, SUMMARY_FILE],
                 "gathered_from": [str(p) for p in gathered],
+                SKIPPED_LINKS: skipped_links + count_links(folder),
             }
         )
         write_json_atomically(folder / SUMMARY_FILE, to_jsonable(summary))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shutil
+import stat
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -191,7 +193,12 @@ def capped_log_text(formatted_exception: object) -> str:
 
 
 def remove_inside(path: str | Path, roots: Sequence[Path]) -> bool:
-    """Delete ``path`` (file or folder) if it lies strictly inside one of ``roots``.
+    """Delete ``path`` (file or folder) if it lies strictly inside one of ``roots``, never through a symlink.
+
+    Only the folders above ``path`` are resolved: a ``path`` that is itself a symlink is unlinked
+    and whatever it points to (inside or outside the roots) is left untouched; a ``path`` reached
+    through a linked folder is judged by where it really is. A folder is deleted without following
+    the links inside it.
 
     Returns:
         True if something was deleted, False if the path did not exist.
@@ -205,23 +212,38 @@ def remove_inside(path: str | Path, roots: Sequence[Path]) -> bool:
             "cleanup is disabled: this backend was given no folders it may clean "
             "(pass cleanable_dirs=, or set IMAGES_DIR and NET_ID in prod)."
         )
-    target = Path(path).resolve()
+    target = _entry_path(Path(path))
     for root in roots:
         resolved_root = Path(root).resolve()
-        if target != resolved_root and target.is_relative_to(resolved_root):
+        if target is not None and target != resolved_root and target.is_relative_to(resolved_root):
             break
     else:
         raise FlipInvalidArgument(
             "cleanup refused: the path is not inside a folder this backend may clean "
             f"({', '.join(str(r) for r in roots)})."
         )
-    if target.is_dir() and not target.is_symlink():
+    return _remove_entry(target)
+
+
+def _entry_path(path: Path) -> Path | None:
+    """``path`` with its parent folders resolved but not its last part; ``None`` if it has no last part."""
+    if path.name in ("", ".", ".."):
+        return None
+    return path.parent.resolve() / path.name
+
+
+def _remove_entry(target: Path) -> bool:
+    """Delete one directory entry without following it: a link is unlinked, a folder removed with its content."""
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode):
+        # shutil.rmtree never follows the links inside, and refuses a folder swapped for a link meanwhile.
         shutil.rmtree(target)
-        return True
-    if target.exists() or target.is_symlink():
+    else:
         target.unlink()
-        return True
-    return False
+    return True
 
 
 class FLIPBase(ABC):

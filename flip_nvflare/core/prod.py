@@ -26,7 +26,7 @@ from flip_nvflare.core.base import (
     progress_event_body,
     remove_inside,
 )
-from flip_nvflare.core.http import ServiceClient
+from flip_nvflare.core.http import DEFAULT_MAX_BODY_BYTES, ServiceClient
 from flip_nvflare.core.results import check_results_folder, results_key, upload_zip, zipped
 from flip_nvflare.core.settings import (
     HubSettings,
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
+
+#: Largest cohort answer read by default: far above a million-row cohort, far below the machine.
+DEFAULT_MAX_COHORT_BYTES = 2 * 1024**3
 
 
 class FLIPStandardProd(FLIPBase):
@@ -69,6 +72,9 @@ class FLIPStandardProd(FLIPBase):
         s3_endpoint_url: S3-compatible endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
         cleanable_dirs: Folders :meth:`cleanup` may delete inside; default ``IMAGES_DIR/NET_ID``.
         retry: Retry policy for transient HTTP failures.
+        max_response_bytes: Largest answer read from a service (default 4 MiB); larger ones are
+            refused unread.
+        max_cohort_bytes: Largest cohort answer read from the data-access-api (default 2 GiB).
         env: Mapping used instead of ``os.environ``.
     """
 
@@ -90,8 +96,15 @@ class FLIPStandardProd(FLIPBase):
         s3_endpoint_url: str | None = None,
         cleanable_dirs: Sequence[str | Path] | None = None,
         retry: RetryPolicy | None = None,
+        max_response_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_cohort_bytes: int = DEFAULT_MAX_COHORT_BYTES,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        for name, bound in (("max_response_bytes", max_response_bytes), ("max_cohort_bytes", max_cohort_bytes)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1024:
+                raise FlipConfigError(f"FLIPStandardProd: {name} must be an integer >= 1024, got {bound!r}.")
+        self._max_response_bytes = max_response_bytes
+        self._max_cohort_bytes = max_cohort_bytes
         self._reader = SettingsReader(
             {
                 "FLIP_API_INTERNAL_URL": flip_api_url,
@@ -184,7 +197,13 @@ class FLIPStandardProd(FLIPBase):
             client = self._clients.get(service)
             if client is None:
                 client = ServiceClient(
-                    service=service, base_url=url, key_header=header, key=key, timeout=timeout, retry=self._retry
+                    service=service,
+                    base_url=url,
+                    key_header=header,
+                    key=key,
+                    timeout=timeout,
+                    retry=self._retry,
+                    max_body_bytes=self._max_response_bytes,
                 )
                 self._clients[service] = client
             return client
@@ -211,6 +230,7 @@ class FLIPStandardProd(FLIPBase):
             "/cohort/dataframe",
             json_body={"encrypted_project_id": project_id, "query": query},
             redact=(query, project_id),
+            max_body_bytes=self._max_cohort_bytes,
         )
         t0 = time.monotonic()
         frame = dataframe_from_columns_json(response.content)
@@ -242,7 +262,7 @@ class FLIPStandardProd(FLIPBase):
                 json_body={"encrypted_central_hub_project_id": project_id, "accession_id": accession_id},
                 redact=(accession_id, project_id),
             )
-            path = _answer_path(response.content, settings.images_dir)
+            path = _answer_path(response.content, settings.images_dir, settings.net_id)
             if folder is not None and path != folder:
                 raise FlipInvalidResponse("imaging-api returned different folders for resource types of one accession.")
             folder = path
@@ -338,6 +358,7 @@ class FLIPStandardProd(FLIPBase):
             "PUT",
             "/model/{model_id}/status/{status}",
             path_params={"model_id": model_id, "status": hub.hub_api.status_name(status)},
+            idempotent_write=True,
         )
 
     def send_metrics(
@@ -361,7 +382,12 @@ class FLIPStandardProd(FLIPBase):
             body.pop("x_value", None)
             body.pop("x_label", None)
         self._request(
-            "flip-api", "POST", "/model/{model_id}/metrics", path_params={"model_id": model_id}, json_body=body
+            "flip-api",
+            "POST",
+            "/model/{model_id}/metrics",
+            path_params={"model_id": model_id},
+            json_body=body,
+            idempotent_write=True,
         )
         return True
 
@@ -370,7 +396,14 @@ class FLIPStandardProd(FLIPBase):
     ) -> None:
         """Record a client's exception text in flip-api's logs for the model."""
         model_id, body = exception_log_body(formatted_exception, client_name, model_id, trust_name)
-        self._request("flip-api", "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body)
+        self._request(
+            "flip-api",
+            "POST",
+            "/model/{model_id}/logs",
+            path_params={"model_id": model_id},
+            json_body=body,
+            idempotent_write=True,
+        )
 
     def send_progress_event(
         self,
@@ -388,7 +421,14 @@ class FLIPStandardProd(FLIPBase):
         model_id, body = progress_event_body(model_id, event_type, global_round, details, client_name)
         if self.hub_settings().hub_api is not HubApi.H2:
             raise FlipConfigError("Typed progress events need an H2 hub (set FLIP_HUB_API=h2).")
-        self._request("flip-api", "POST", "/model/{model_id}/logs", path_params={"model_id": model_id}, json_body=body)
+        self._request(
+            "flip-api",
+            "POST",
+            "/model/{model_id}/logs",
+            path_params={"model_id": model_id},
+            json_body=body,
+            idempotent_write=True,
+        )
 
     def results_settings(self) -> ResultsSettings:
         """The S3 settings, read and checked on first use."""
@@ -454,7 +494,26 @@ class FLIPStandardProd(FLIPBase):
         return f"s3://{settings.bucket}/{key}"
 
 
-def _answer_path(body: bytes, images_dir: Path | None) -> Path:
+def _answer_path(body: bytes, images_dir: Path | None, net_id: str | None) -> Path:
+    """The folder an imaging-api download answer names, if it is strictly inside ``IMAGES_DIR/NET_ID``.
+
+    The answer's ``path`` must be absolute, have no ``..`` part and, with symlinks resolved, lie
+    strictly inside this trust's net folder: ``IMAGES_DIR`` itself, the net folder itself, another
+    net's folder or anything else outside are refused, and so is every answer when ``IMAGES_DIR``
+    or ``NET_ID`` is unset (there is then no folder a download may land in). Messages never name
+    the path: it holds an accession id.
+
+    Args:
+        body: The answer's JSON body, ``{"path": "<folder>"}``.
+        images_dir: ``IMAGES_DIR`` of the settings, if set.
+        net_id: ``NET_ID`` of the settings, if set.
+
+    Returns:
+        The path as the service gave it.
+
+    Raises:
+        FlipInvalidResponse: The answer is not JSON, has no path, or its path is refused.
+    """
     try:
         payload = json.loads(body)
     except ValueError:
@@ -465,6 +524,18 @@ def _answer_path(body: bytes, images_dir: Path | None) -> Path:
     path = Path(raw)
     if not path.is_absolute():
         raise FlipInvalidResponse("imaging-api download answer 'path' is not absolute.")
-    if images_dir is not None and not path.resolve().is_relative_to(images_dir.resolve()):
-        raise FlipInvalidResponse("imaging-api download answer 'path' is outside IMAGES_DIR.")
+    if images_dir is None or not net_id:
+        raise FlipInvalidResponse(
+            "imaging-api download answer refused: IMAGES_DIR and NET_ID must be set to know where downloads may land."
+        )
+    outside = "imaging-api download answer 'path' is not inside this trust's IMAGES_DIR/NET_ID folder."
+    if ".." in path.parts:
+        raise FlipInvalidResponse(outside)
+    try:
+        net_dir = (images_dir / net_id).resolve()
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop, an unreadable folder
+        raise FlipInvalidResponse(outside) from None
+    if resolved == net_dir or not resolved.is_relative_to(net_dir):
+        raise FlipInvalidResponse(outside)
     return path

@@ -18,6 +18,11 @@ release and a concurrent claim cannot interleave. A folder to delete is first re
 
 A job that dies without releasing leaves its markers behind: its folders are then kept, which is the
 safe direction. Markers name only the accession (already a folder name on that volume) and the job.
+
+Nothing is done through a symlink: an accession must be one safe folder name, the claims folder, its
+trash, lock file and marker folders must not be links (:class:`ClaimsLayoutError` otherwise, before
+anything is changed), and an accession folder that is a link is renamed into the trash as a link and
+then unlinked by the backend's ``cleanup`` (its target is left untouched).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from flip_nvflare.core.base import check_accession_id
+from flip_nvflare.errors import ClaimsLayoutError, FlipInvalidArgument
 from flip_nvflare.executors.manifest import Origin
 
 CLAIMS_DIR = ".flip_nvflare_claims"
@@ -81,15 +88,38 @@ class ImageClaims:
         """Whether an accession's folder can be tracked (not one of this module's own names)."""
         return not accession_id.startswith(CLAIMS_DIR)
 
+    def _checked_accession(self, accession_id: str) -> str:
+        """``accession_id`` if it is one safe folder name that is not this module's own; else raise.
+
+        Raises:
+            FlipInvalidArgument: It is not (the value is never shown: it may identify a patient).
+        """
+        check_accession_id(accession_id)
+        if not self.is_trackable(accession_id):
+            raise FlipInvalidArgument("accession_id is a name the claims folder uses for itself.")
+        return accession_id
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.claims_dir.mkdir(parents=True, exist_ok=True)
-        with _process_lock, open(self.claims_dir / LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        _check_real_folder(self.claims_dir, "claims folder")
+        with _process_lock:
             try:
-                yield
+                fd = os.open(self.claims_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as exc:
+                if os.path.islink(self.claims_dir / LOCK_FILE):
+                    raise ClaimsLayoutError(
+                        "The claims lock file is a symlink: nothing was claimed or released."
+                    ) from exc
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                os.close(fd)
 
     def claim(self, accession_id: str) -> str:
         """Claim an accession before asking for it; return its origin.
@@ -101,8 +131,10 @@ class ImageClaims:
         """
         if not self.is_trackable(accession_id):
             return Origin.UNMANAGED
+        check_accession_id(accession_id)
         marker_dir = self.claims_dir / accession_id
         with self._locked():
+            _check_not_a_link(marker_dir, "claim marker folder")
             markers = list(_markers(marker_dir))
             others = [p for p in markers if p.name != self.token]
             already_mine = len(others) < len(markers)
@@ -122,11 +154,19 @@ class ImageClaims:
 
         Returns:
             One of :class:`ReleaseOutcome`.
+
+        Raises:
+            FlipInvalidArgument: ``accession_id`` is not one safe folder name (nothing is done).
+            ClaimsLayoutError: A folder of the claims layout is a symlink (nothing is done).
         """
+        self._checked_accession(accession_id)
         marker_dir = self.claims_dir / accession_id
         folder = self.folder_of(accession_id)
         trashed: Path | None = None
         with self._locked():
+            _check_not_a_link(marker_dir, "claim marker folder")
+            trash = self.claims_dir / TRASH_DIR
+            _check_not_a_link(trash, "claims trash folder")
             (marker_dir / self.token).unlink(missing_ok=True)
             if list(_markers(marker_dir)):
                 return ReleaseOutcome.KEPT_SHARED
@@ -135,10 +175,10 @@ class ImageClaims:
                 return ReleaseOutcome.ABSENT
             if not delete_folder:
                 return ReleaseOutcome.KEPT
-            trash = self.claims_dir / TRASH_DIR
             trash.mkdir(exist_ok=True)
+            _check_real_folder(trash, "claims trash folder")
             trashed = trash / f"{uuid.uuid4().hex}"
-            os.rename(folder, trashed)
+            os.rename(folder, trashed)  # a link is moved as a link; its target stays where it is
         remove(trashed)
         return ReleaseOutcome.DELETED
 
@@ -146,9 +186,11 @@ class ImageClaims:
         """Delete folders left in the trash by releases that could not finish; return how many."""
         trash = self.claims_dir / TRASH_DIR
         count = 0
+        if trash.is_symlink() or self.claims_dir.is_symlink():
+            return 0
         try:
             entries = list(trash.iterdir())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return 0
         for entry in entries:
             try:
@@ -168,6 +210,17 @@ def _markers(marker_dir: Path) -> Iterator[Path]:
         yield from (p for p in marker_dir.iterdir() if not p.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return
+
+
+def _check_not_a_link(path: Path, what: str) -> None:
+    if path.is_symlink():
+        raise ClaimsLayoutError(f"The {what} is a symlink: nothing was claimed, released or deleted.")
+
+
+def _check_real_folder(path: Path, what: str) -> None:
+    _check_not_a_link(path, what)
+    if not path.is_dir():
+        raise ClaimsLayoutError(f"The {what} is not a folder: nothing was claimed, released or deleted.")
 
 
 def _rmdir_quietly(path: Path) -> None:

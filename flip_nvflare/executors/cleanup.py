@@ -27,6 +27,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
+from flip_nvflare.args import json_bool
 from flip_nvflare.backend import get_flip_backend
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders
 from flip_nvflare.core.base import FLIPBase
@@ -36,6 +37,7 @@ from flip_nvflare.executors.manifest import (
     MANIFEST_FILE,
     CohortManifest,
     PreparedCohortError,
+    UntrustedManifestError,
     prepared_dir,
 )
 from flip_nvflare.workspace import job_run_dir, write_atomically
@@ -67,13 +69,14 @@ def release_images(manifest: CohortManifest, backend: FLIPBase, folder: Path) ->
 
     Entries are marked released and the manifest is saved, so running this again only retries
     what failed. Never raises for one accession's failure; it is counted in ``failed``.
+
+    Raises:
+        UntrustedManifestError: The manifest's claims folder is not the backend's
+            ``IMAGES_DIR/NET_ID``; raised before anything is renamed, released or deleted.
     """
     summary = CleanupSummary()
-    claims = (
-        ImageClaims(manifest.claims_root, manifest.claim_token)
-        if manifest.claims_root and manifest.claim_token
-        else None
-    )
+    net = manifest.claims_net(backend.images_root())
+    claims = ImageClaims(net, manifest.claim_token) if net is not None and manifest.claim_token else None
     for accession, entry in manifest.images.items():
         if entry.released:
             continue
@@ -111,8 +114,8 @@ class ImageCleanup(Executor):
     ) -> None:
         super().__init__()
         self._flip_id = flip_id
-        self._delete_cohort_files = delete_cohort_files
-        self._cleanup_at_end_run = cleanup_at_end_run
+        self._delete_cohort_files = json_bool("ImageCleanup", "delete_cohort_files", delete_cohort_files)
+        self._cleanup_at_end_run = json_bool("ImageCleanup", "cleanup_at_end_run", cleanup_at_end_run)
         self._lock = threading.Lock()
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
@@ -150,7 +153,11 @@ class ImageCleanup(Executor):
             summary = CleanupSummary()
             if any(not entry.released for entry in manifest.images.values()):
                 backend = get_flip_backend(fl_ctx, self._flip_id)
-                summary = release_images(manifest, backend, folder)
+                try:
+                    summary = release_images(manifest, backend, folder)
+                except UntrustedManifestError as exc:  # nothing was touched; the message names no path
+                    self.log_error(fl_ctx, str(exc), fire_event=False)
+                    return CleanupSummary(failed=sum(1 for entry in manifest.images.values() if not entry.released))
                 self.log_info(fl_ctx, f"Image cleanup: {summary.describe()}.")
             if self._delete_cohort_files and summary.failed == 0:
                 summary.cohort_files_deleted = _delete_cohort_files(folder, manifest, summary)

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flip_nvflare.errors import FlipKeyError, PreparedCohortError
+from flip_nvflare.errors import FlipKeyError, PreparedCohortError, UntrustedManifestError
 from flip_nvflare.workspace import write_atomically
 
 if TYPE_CHECKING:
@@ -112,6 +112,36 @@ class CohortManifest:
         images = {str(k): ImageEntry(**v) for k, v in dict(values.pop("images", {})).items()}
         known = set(cls.__dataclass_fields__)
         return cls(images=images, **{k: v for k, v in values.items() if k in known})
+
+    def claims_net(self, images_root: Path | None) -> Path | None:
+        """The net folder whose claims this manifest records, checked against the backend's own.
+
+        Args:
+            images_root: The backend's ``IMAGES_DIR/NET_ID`` (``FLIPBase.images_root()``).
+
+        Returns:
+            ``images_root`` when the manifest records claims there (compared with symlinks resolved),
+            ``None`` when it records no claims.
+
+        Raises:
+            UntrustedManifestError: The manifest records claims elsewhere (``IMAGES_DIR`` itself,
+                another net, a folder inside the net, anything outside), through ``..``, or the
+                backend has no ``IMAGES_DIR/NET_ID``. The message names no path.
+        """
+        if not self.claims_root or not self.claim_token:
+            return None
+        root = Path(self.claims_root)
+        if (
+            images_root is None
+            or not root.is_absolute()
+            or ".." in root.parts
+            or root.resolve() != Path(images_root).resolve()
+        ):
+            raise UntrustedManifestError(
+                "Image cleanup refused: the prepared-cohort manifest records claims in a folder that is not this "
+                "trust's IMAGES_DIR/NET_ID (or IMAGES_DIR / NET_ID are not set); nothing was released or deleted."
+            )
+        return Path(images_root)
 
     def save(self, folder: Path) -> Path:
         """Write ``manifest.json`` into ``folder`` atomically; return its path."""

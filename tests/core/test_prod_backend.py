@@ -88,8 +88,8 @@ def test_each_side_sends_only_its_own_key_and_base_urls_join_cleanly(
     hub = [(r.method, r.path, r.status_code, r.key_headers) for r in emu.requests("hub")]
     trust = [(r.method, r.path, r.status_code, r.key_headers) for r in emu.requests("trust")]
     assert hub == [
-        ("PUT", f"{prefix}/api/model/{model}/status/INITIATED", 200, "x-internal-service-key"),
-        ("POST", f"{prefix}/api/model/{model}/metrics", 204, "x-internal-service-key"),
+        ("PUT", f"{prefix}/api/model/{model}/status/INITIATED", 200, "idempotency-key,x-internal-service-key"),
+        ("POST", f"{prefix}/api/model/{model}/metrics", 204, "idempotency-key,x-internal-service-key"),
     ]
     assert [(m, p) for m, p, _, _ in trust] == [
         ("POST", f"{prefix}/cohort/dataframe"),
@@ -112,7 +112,7 @@ def test_custom_key_header_names(emu: EmulatorHandle) -> None:
         backend.update_status(model, ModelStatus.INITIATED)
     with pytest.raises(FlipAuthenticationError):
         backend.get_dataframe(emu.encrypted_project_id, COHORT_SQL)
-    assert [r.key_headers for r in emu.requests()] == ["x-hub-key", "x-trust-key"]
+    assert [r.key_headers for r in emu.requests()] == ["idempotency-key,x-hub-key", "x-trust-key"]
 
 
 # --------------------------------------------------------------------------- trust side

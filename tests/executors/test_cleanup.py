@@ -43,7 +43,10 @@ def test_release_images_deletes_only_this_jobs_unshared_downloads(tmp_path: Path
             "ACC4": ImageEntry(Status.MISSING, reason="not found", origin=Origin.DOWNLOADED, claimed=True),
         },
     )
-    backend = FLIPStandardProd(cleanable_dirs=[net], env={})
+    # the manifest's claims folder must be this backend's IMAGES_DIR/NET_ID (no request is made)
+    backend = FLIPStandardProd(
+        imaging_api_url="http://127.0.0.1:9", trust_key="k", net_id="net-1", images_dir=net.parent, env={}
+    )
     manifest_dir = tmp_path / "run" / "flip_cohort"
 
     summary = release_images(manifest, backend, manifest_dir)
