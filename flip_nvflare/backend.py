@@ -37,6 +37,7 @@ from flip_nvflare.core.settings import (
     read_trust_settings,
 )
 from flip_nvflare.errors import FlipConfigError, FlipError
+from flip_nvflare.executors.sanitize import sanitize_hub_text
 from flip_nvflare.workspace import job_run_dir
 
 #: Per-call HTTP retries of the server's prod backend. Short on purpose: HubDelivery retries
@@ -152,7 +153,8 @@ class FlipBackend(FLComponent):
             if session is not None:
                 reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, None)
                 default = "a client's preparation failed" if event_type == FlipEvents.PREPARATION_FAILED else ""
-                session.journal.mark_failed(reason if isinstance(reason, str) and reason else default or "fatal error")
+                text = reason if isinstance(reason, str) and reason else default or "fatal error"
+                session.journal.mark_failed(sanitize_hub_text(text))
         elif event_type == EventType.END_RUN:
             session = self._current_session()
             if session is not None:

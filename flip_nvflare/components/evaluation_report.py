@@ -13,6 +13,10 @@ is in the results zip however the run ends. When the run ends it also lists ever
 pair that never answered. Each entry: ``{"site", "model", "reason"}``; the reason is a return code
 or a short description, never a client's error text (that reaches the hub's logs through the
 ExceptionForwarder, sanitized at the trust).
+
+What the client chose is checked before it is passed on: a return code or data kind is named only
+if it is one of NVFlare's, and metric names go through
+:func:`~flip_nvflare.executors.sanitize.sanitize_hub_text` (identifier shapes, data paths).
 """
 
 from __future__ import annotations
@@ -41,10 +45,15 @@ from flip_nvflare.components.session import HubSession
 from flip_nvflare.components.widget import HubWidget
 from flip_nvflare.constants import DEFAULT_FLIP_ID
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.executors.sanitize import hub_return_code, sanitize_hub_text
 
 FAILURES_JSON = "evaluation_failures.json"
 #: Prefix CrossSiteModelEval / GlobalModelEval put before server model names.
 _SERVER_PREFIX = "SRV_"
+#: NVFlare's data kinds: a result's kind is named in a failure only if it is one of them.
+_DATA_KINDS = frozenset(str(kind.value) for kind in DataKind)
+#: Cap on a sanitized metric name.
+_MAX_NAME = 200
 
 
 class EvaluationReporter(HubWidget):
@@ -106,7 +115,7 @@ class EvaluationReporter(HubWidget):
             self._fail(site, model, reason)
             return
         for name, value in metrics.items():
-            session.send_metric(site, f"{model}/{name}", value, self._round)
+            session.send_metric(site, f"{model}/{sanitize_hub_text(name, _MAX_NAME)}", value, self._round)
 
     def _add_silent_pairs(self, fl_ctx: FLContext) -> None:
         locator = fl_ctx.get_engine().get_component(self._model_locator_id)
@@ -145,14 +154,15 @@ def _metrics(result: object) -> tuple[dict[str, float] | None, str]:
         return None, "no result"
     return_code = result.get_return_code(ReturnCode.OK)
     if return_code != ReturnCode.OK:
-        return None, str(return_code)
+        return None, hub_return_code(return_code)  # a free string the client set: only NVFlare's codes are named
     try:
         dxo = from_shareable(result)
     except (TypeError, ValueError, KeyError):
         return None, "the result is not a DXO"
     if dxo.data_kind != DataKind.METRICS or not isinstance(dxo.data, dict):
-        kind = getattr(dxo.data_kind, "value", dxo.data_kind)
-        return None, f"the result is {kind}, not METRICS"
+        kind = str(getattr(dxo.data_kind, "value", dxo.data_kind))
+        shown = kind if kind in _DATA_KINDS else "of a data kind NVFlare does not define"
+        return None, f"the result is {shown}, not METRICS"
     metrics: dict[str, float] = {}
     for name, value in dxo.data.items():
         number = _finite(value)

@@ -6,6 +6,11 @@ return code (EXECUTION_EXCEPTION and the like), the exception text the client pu
 ``exception`` header (already sanitized on the client by the FLIP runners) is sent to the hub's
 logs endpoint, attributed to that client's trust. A result without that header (an executor that
 raised) is reported with a short note saying so; its traceback stays in the site's log.
+
+Everything taken from the client's reply is sanitized again here, because a client app can set
+any header or return code: the return code is named only if it is one of NVFlare's, and the text
+goes through :func:`~flip_nvflare.executors.sanitize.sanitize_hub_text` (identifier shapes, data
+paths, SQL) before it is cut to its maximum length.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from flip_nvflare.components.session import HubSession
 from flip_nvflare.components.widget import HubWidget, peer_name, result_round
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.executors.sanitize import hub_return_code, sanitize_hub_text
 
 #: Return codes that are not a client failure worth reporting by default.
 DEFAULT_IGNORED_RETURN_CODES = (ReturnCode.OK, ReturnCode.TASK_ABORTED)
 
 _MAX_TEXT = 16 * 1024
+_MAX_NAME = 200
 
 
 class ExceptionForwarder(HubWidget):
@@ -54,11 +61,13 @@ class ExceptionForwarder(HubWidget):
             return_code = result.get_return_code(ReturnCode.OK)
             if return_code in self._ignored:
                 return
-            task_name = str(fl_ctx.get_prop(FLContextKey.TASK_NAME, "") or "task")
+            # the task name and return code come with the client's reply: only safe forms go on
+            task_name = sanitize_hub_text(fl_ctx.get_prop(FLContextKey.TASK_NAME, "") or "task", _MAX_NAME)
+            shown_code = hub_return_code(return_code)
             round_ = result_round(result)
-            session.journal.client_error(client, task_name, round_, str(return_code))
-            session.send_client_log(client, self._log_text(result, task_name, round_, str(return_code)))
-            self.log_info(fl_ctx, f"{task_name} result of {client} failed ({return_code}); reported to the hub.")
+            session.journal.client_error(client, task_name, round_, shown_code)
+            session.send_client_log(client, self._log_text(result, task_name, round_, shown_code))
+            self.log_info(fl_ctx, f"{task_name} result of {client} failed ({shown_code}); reported to the hub.")
 
     @staticmethod
     def _log_text(result: Shareable, task_name: str, round_: int | None, return_code: str) -> str:
@@ -66,6 +75,8 @@ class ExceptionForwarder(HubWidget):
         head = f"Task '{task_name}'{when} failed with {return_code}."
         text = result.get_header(FlipHeaders.EXCEPTION, None)
         if isinstance(text, str) and text.strip():
+            # redact first, then cut: a cut must never leave part of an identifier visible
+            text = sanitize_hub_text(text, 4 * _MAX_TEXT)
             if len(text) > _MAX_TEXT:
                 text = text[:_MAX_TEXT] + "\n[truncated]"
             return f"{head}\n{text}"

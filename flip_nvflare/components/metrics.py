@@ -36,6 +36,7 @@ from flip_nvflare.components.widget import ClientRounds, HubWidget, as_round
 from flip_nvflare.constants import DEFAULT_FLIP_ID, MAX_X_LABEL, FlipEvents
 from flip_nvflare.core.base import finite_float
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.executors.sanitize import sanitize_hub_text
 from flip_nvflare.metrics import METRIC_LABEL, METRIC_ROUND, METRIC_VALUE, METRIC_X_LABEL, METRIC_X_VALUE
 
 #: The federated analytics event NVFlare's AnalyticsSender / SummaryWriter produce.
@@ -144,7 +145,7 @@ class MetricsForwarder(HubWidget):
             count = session.journal.metrics_dropped("non_finite")
             self._warn(fl_ctx, f"Metric {name!r} from {client} is not a finite number; dropped ({count} so far).")
             return
-        label, x_label = split_x_axis(name)
+        label, x_label = split_x_axis(sanitize_hub_text(name))
         x = finite_float(x_value) if x_label else None
         if x_label is not None and (x is None or len(x_label) > MAX_X_LABEL):
             self._warn(

@@ -33,6 +33,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from flip_nvflare.components.widget import peer_name
 from flip_nvflare.constants import FlipTasks
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.executors.sanitize import hub_return_code, sanitize_hub_text
 from flip_nvflare.workspace import job_run_dir, write_atomically
 
 #: Folder of the job's run folder where FLIP gathers what is uploaded at the end of the run.
@@ -130,7 +131,7 @@ class ResultsJsonGenerator(FLComponent):
             return [(client, {"error": "no result"})]
         return_code = result.get_return_code(ReturnCode.OK)
         if return_code != ReturnCode.OK:
-            return [(client, {"error": str(return_code)})]
+            return [(client, {"error": hub_return_code(return_code)})]
         try:
             dxo = from_shareable(result)
         except (TypeError, ValueError, KeyError):
@@ -138,11 +139,15 @@ class ResultsJsonGenerator(FLComponent):
             return [(client, {"error": "not a DXO"})]
         if dxo.data_kind == DataKind.COLLECTION:
             leaves, _errors = get_leaf_dxos(dxo, client)
-            return [(name, leaf.data) for name, leaf in leaves.items() if isinstance(leaf, DXO)]
+            return [
+                (sanitize_hub_text(name), _clean_names(leaf.data))
+                for name, leaf in leaves.items()
+                if isinstance(leaf, DXO)
+            ]
         if dxo.data_kind == DataKind.METRICS:
-            return [(client, dxo.data)]
+            return [(client, _clean_names(dxo.data))]
         self.log_warning(fl_ctx, f"Result of {client} for model {model} is {dxo.data_kind}, not METRICS.", False)
-        return [(client, {"error": f"unexpected data kind {dxo.data_kind}"})]
+        return [(client, {"error": f"unexpected data kind {sanitize_hub_text(dxo.data_kind)}"})]
 
 
 class ValidationJsonGenerator(ResultsJsonGenerator):
@@ -211,3 +216,10 @@ class EvaluationJsonGenerator(ResultsJsonGenerator):
                 return
         owner = result.get_cookie(AppConstants.MODEL_OWNER, None) if isinstance(result, Shareable) else None
         self.record(fl_ctx, client, str(owner or self._model_name), result)
+
+
+def _clean_names(data: object) -> object:
+    """A client's metrics with every name passed through the server-side sanitizing rules (values kept)."""
+    if isinstance(data, dict):
+        return {sanitize_hub_text(str(name)): _clean_names(value) for name, value in data.items()}
+    return data

@@ -31,6 +31,7 @@ from flip_nvflare.components.widget import HubWidget, run_outcome
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipProps, ModelStatus
 from flip_nvflare.core.base import as_model_status
 from flip_nvflare.errors import FlipConfigError, FlipError
+from flip_nvflare.executors.sanitize import sanitize_hub_text
 
 #: Non-final statuses, in lifecycle order.
 LIFECYCLE = (ModelStatus.INITIATED, ModelStatus.PREPARED, ModelStatus.TRAINING_STARTED)
@@ -48,6 +49,8 @@ DEFAULT_STATUS_EVENTS: dict[ModelStatus, tuple[str, ...]] = {
 }
 
 _ERROR_EVENTS = (EventType.FATAL_SYSTEM_ERROR, FlipEvents.PREPARATION_FAILED)
+#: Cap on a failure reason in the log.
+_MAX_REASON = 1000
 _END_EVENTS = (EventType.END_WORKFLOW, EventType.ABOUT_TO_END_RUN, EventType.END_RUN)
 _UPLOAD_EVENTS = {
     FlipEvents.RESULTS_UPLOADED: ModelStatus.RESULTS_UPLOADED,
@@ -148,7 +151,9 @@ class StatusReporter(HubWidget):
     def _check_end(self, event_type: str, fl_ctx: FLContext, session: HubSession) -> None:
         outcome = run_outcome(fl_ctx, session)
         if outcome is RunOutcome.FAILED:
-            self._finish(session, ModelStatus.ERROR, fl_ctx, f"run failed: {session.journal.failure or 'fatal error'}")
+            # the failure reason may quote a client (NVFlare's workflows put its return code in their panic)
+            why = sanitize_hub_text(session.journal.failure or "fatal error", _MAX_REASON)
+            self._finish(session, ModelStatus.ERROR, fl_ctx, f"run failed: {why}")
         elif outcome is RunOutcome.ABORTED:
             self._finish(session, ModelStatus.STOPPED, fl_ctx, "run aborted")
         elif event_type == EventType.END_RUN and not session.results_upload_expected:

@@ -219,8 +219,7 @@ def remove_inside(path: str | Path, roots: Sequence[Path]) -> bool:
             break
     else:
         raise FlipInvalidArgument(
-            "cleanup refused: the path is not inside a folder this backend may clean "
-            f"({', '.join(str(r) for r in roots)})."
+            "cleanup refused: the path is not inside a folder this backend may clean (for prod, IMAGES_DIR/NET_ID)."
         )
     return _remove_entry(target)
 

@@ -98,12 +98,17 @@ class FLIPStandardDev(FLIPBase):
         check_text("project_id", project_id)
         check_text("query", query)
         csv = self._path("DEV_DATAFRAME", "read the dev cohort")
+        # Messages name no path and no accession id: dev errors follow prod's rule, since they can
+        # travel (sanitized, but still) in a failed task's reply.
         if not csv.is_file():
-            raise FlipMissingData(f"Dev cohort CSV {str(csv)!r} does not exist; create it or fix DEV_DATAFRAME.")
+            raise FlipMissingData(
+                "Dev cohort CSV missing: the file DEV_DATAFRAME names does not exist; create it or point "
+                "DEV_DATAFRAME at the cohort CSV."
+            )
         frame = pd.read_csv(csv)
         if "accession_id" not in frame.columns:
             raise FlipInvalidResponse(
-                f"Dev cohort CSV {str(csv)!r} has no 'accession_id' column; add one naming each row's image folder."
+                "Dev cohort CSV (DEV_DATAFRAME) has no 'accession_id' column; add one naming each row's image folder."
             )
         return frame
 
@@ -118,8 +123,8 @@ class FLIPStandardDev(FLIPBase):
         folder = images_dir / accession_id
         if not folder.is_dir():
             raise FlipMissingData(
-                f"Dev image folder missing: create {str(folder)!r} holding that accession's images "
-                f"(one folder per accession_id inside {str(images_dir)!r})."
+                "Dev image folder missing: no image folder for this accession under the dev images folder "
+                "(DEV_IMAGES_DIR); create one folder per accession_id there, named after it and holding its images."
             )
         return folder
 

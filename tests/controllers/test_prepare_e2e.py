@@ -57,5 +57,5 @@ def test_preparer_reply_is_short_and_sanitized(failed_run: tuple[SimJob, int]) -
     assert results and all(r["rc"] == "EXECUTION_EXCEPTION" for r in results)
     header = results[0]["exception"]
     assert header.startswith("CohortPreparer could not prepare the cohort: FlipMissingData: Dev cohort CSV")
-    assert "[path]" in header
+    assert "DEV_DATAFRAME" in header and "/" not in header.split("FlipMissingData", 1)[1]
     assert "ACC000001" not in header and "restricted" not in header

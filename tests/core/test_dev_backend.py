@@ -62,7 +62,7 @@ def test_accession_folder(dev: FLIPStandardDev, tmp_path: Path) -> None:
     assert dev.get_by_accession_number("p", "ACC1", [ResourceType.NIFTI, ResourceType.SEG]).name == "ACC1"
     with pytest.raises(FlipMissingData) as err:
         dev.get_by_accession_number("p", "ACC2")
-    assert str(tmp_path / "images" / "ACC2") in str(err.value)
+    assert "ACC2" not in str(err.value) and str(tmp_path) not in str(err.value)
     assert not (tmp_path / "images" / "ACC2").exists()
     with pytest.raises(FlipInvalidArgument):
         dev.get_by_accession_number("p", "../ACC1")
@@ -124,3 +124,31 @@ def test_cleanup_is_off_by_default_and_limited(tmp_path: Path) -> None:
         backend.cleanup(images / "A")
     assert backend.cleanup(scratch / "x") is True
     assert (images / "A").exists()
+
+
+def test_dev_errors_name_no_accession_id_and_no_data_path(tmp_path: Path) -> None:
+    """Dev errors follow prod's rule: they say what to create in general terms, never the id or the path."""
+    data = tmp_path / "trust data" / "Jane Doe 1980-02-03"
+    images = data / "images"
+    (images / "ACC1").mkdir(parents=True)
+    missing_csv = FLIPStandardDev(dataframe_csv=data / "cohort.csv", images_dir=images, env={})
+    no_column_csv = data / "no_column.csv"
+    no_column_csv.write_text("id,age\nACC1,2\n")
+    no_column = FLIPStandardDev(dataframe_csv=no_column_csv, env={})
+
+    messages = []
+    with pytest.raises(FlipMissingData) as err:
+        missing_csv.get_dataframe("p", "q")
+    messages.append(str(err.value))
+    with pytest.raises(FlipInvalidResponse) as err2:
+        no_column.get_dataframe("p", "q")
+    messages.append(str(err2.value))
+    with pytest.raises(FlipMissingData) as err3:
+        missing_csv.get_by_accession_number("p", "ACC2")
+    messages.append(str(err3.value))
+
+    for message in messages:
+        for leaked in ("ACC2", "ACC1", str(tmp_path), "trust data", "Jane", "1980", "cohort.csv", "no_column", "/"):
+            assert leaked not in message, message
+    assert "DEV_DATAFRAME" in messages[0] and "DEV_DATAFRAME" in messages[1] and "accession_id" in messages[1]
+    assert "no image folder for this accession" in messages[2] and "DEV_IMAGES_DIR" in messages[2]
