@@ -10,7 +10,7 @@ session (nothing to add to ``conftest.py``):
 - ``flip_emulator_shared``: the session emulator, reset (records, faults, models registered at run
   time, settings, downloaded images) before the test.
 
-Nothing starts until a test asks for a fixture.
+Nothing starts, and nothing of the emulator or of flip_nvflare is imported, until a test asks for a fixture.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from flip_emulator.handle import EmulatorHandle, EmulatorUnreachable, start_emulator
+if TYPE_CHECKING:
+    from flip_emulator.handle import EmulatorHandle
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +46,8 @@ def flip_emulator_session(
     tmp_path_factory: pytest.TempPathFactory, flip_emulator_synthetic: Path
 ) -> Iterator[EmulatorHandle]:
     """One emulator (H1, with S3) for the whole test session."""
+    from flip_emulator.handle import start_emulator
+
     with start_emulator(
         tmp_path_factory.mktemp("flip-emulator-session"), synthetic_dir=flip_emulator_synthetic
     ) as handle:
@@ -54,12 +57,14 @@ def flip_emulator_session(
 @pytest.fixture
 def flip_emulator_shared(flip_emulator_session: EmulatorHandle) -> EmulatorHandle:
     """The session emulator, reset before the test."""
+    from flip_emulator.handle import EmulatorUnreachable as unreachable
+
     deadline = time.monotonic() + 30
     while True:  # a test may have left both services down for a while
         try:
             flip_emulator_session.reset()
             break
-        except EmulatorUnreachable:
+        except unreachable:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -75,5 +80,7 @@ def flip_emulator(
     marker = request.node.get_closest_marker("flip_emulator")
     options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
     options.setdefault("synthetic_dir", flip_emulator_synthetic)
+    from flip_emulator.handle import start_emulator
+
     with start_emulator(tmp_path_factory.mktemp("flip-emulator"), **options) as handle:
         yield handle

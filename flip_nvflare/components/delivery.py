@@ -18,6 +18,8 @@ backend:
   keeps the work O(1) on the event thread); statuses and logs are never dropped.
 * **Draining.** :meth:`close` waits until everything is delivered or the deadline passes, then
   stops the threads and returns what could not be delivered; the caller logs it.
+* **Time.** Every wait (retry backoff, the drain deadline) goes through a :class:`Clock`: the real
+  one by default, a fake one in tests, so timed behaviour can be checked without waiting for it.
 
 This module has no NVFlare imports: it works with any :class:`~flip_nvflare.core.base.FLIPBase`.
 """
@@ -31,6 +33,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.core.http import RETRYABLE_STATUS
@@ -40,6 +43,30 @@ logger = logging.getLogger(__name__)
 
 #: How many rejections are logged in full before further ones are only counted.
 _LOGGED_REJECTIONS = 5
+
+
+class Clock(Protocol):
+    """Where HubDelivery reads the time and waits; inject a fake one to control time in tests."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (only differences mean anything)."""
+        ...
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        """Block until ``event`` is set or ``timeout`` seconds have passed; return whether it is set."""
+        ...
+
+
+class SystemClock:
+    """The real clock: :func:`time.monotonic` and :meth:`threading.Event.wait`."""
+
+    def monotonic(self) -> float:
+        """The value of :func:`time.monotonic`."""
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        """Block until ``event`` is set or ``timeout`` seconds have passed; return whether it is set."""
+        return event.wait(timeout)
 
 
 @dataclass(frozen=True)
@@ -144,6 +171,7 @@ class HubDelivery:
         max_pending: Droppable calls allowed to wait in the queue.
         retry: Retry policy across failures.
         name: Name used in thread names and logs (e.g. the model id).
+        clock: Where the retry delays and the drain deadline are timed; the real clock if None.
     """
 
     def __init__(
@@ -154,6 +182,7 @@ class HubDelivery:
         max_pending: int = 50_000,
         retry: DeliveryRetry | None = None,
         name: str = "flip",
+        clock: Clock | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -164,10 +193,13 @@ class HubDelivery:
         self._max_pending = max_pending
         self._retry = retry or DeliveryRetry()
         self._name = name
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._cond = threading.Condition()
         self._queue: deque[HubCall] = deque()
         self._pending_droppable = 0
         self._unfinished = 0  # submitted and not yet delivered, rejected or abandoned
+        self._idle = threading.Event()  # set exactly when _unfinished is 0 (changed with the lock held)
+        self._idle.set()
         self._in_flight = 0  # unordered calls handed to workers and not finished
         self._work: deque[HubCall] = deque()  # unordered calls waiting for a worker
         self._report = DeliveryReport()
@@ -203,6 +235,7 @@ class HubDelivery:
                 self._queue.append(call)
                 self._report.submitted[call.kind] += 1
                 self._unfinished += 1
+                self._idle.clear()
                 if call.droppable:
                     self._pending_droppable += 1
                 if not self._threads:
@@ -226,14 +259,15 @@ class HubDelivery:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted call is finished; False if ``timeout`` seconds passed first."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._unfinished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
+        deadline = self._clock.monotonic() + timeout
+        while True:
+            with self._cond:
+                if not self._unfinished:
+                    return True
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return False
+            self._clock.wait(self._idle, remaining)
 
     def close(self, timeout: float) -> DeliveryReport:
         """Stop accepting calls, deliver what is queued within ``timeout`` seconds, stop the threads.
@@ -341,7 +375,7 @@ class HubDelivery:
                     attempt,
                     delay,
                 )
-                if self._stop.wait(delay):
+                if self._clock.wait(self._stop, delay):
                     with self._cond:
                         self._finish(call, "undelivered")
                     return
@@ -365,6 +399,8 @@ class HubDelivery:
         counter: Counter[str] = getattr(self._report, outcome)
         counter[call.kind] += 1
         self._unfinished -= 1
+        if not self._unfinished:
+            self._idle.set()
         self._cond.notify_all()
 
 

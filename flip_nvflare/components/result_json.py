@@ -146,8 +146,9 @@ class ResultsJsonGenerator(FLComponent):
             ]
         if dxo.data_kind == DataKind.METRICS:
             return [(client, _clean_names(dxo.data))]
-        self.log_warning(fl_ctx, f"Result of {client} for model {model} is {dxo.data_kind}, not METRICS.", False)
-        return [(client, {"error": f"unexpected data kind {sanitize_hub_text(dxo.data_kind)}"})]
+        kind = getattr(dxo.data_kind, "value", dxo.data_kind)
+        self.log_warning(fl_ctx, f"Result of {client} for model {model} is {kind}, not METRICS.", False)
+        return [(client, {"error": f"unexpected data kind {sanitize_hub_text(kind)}"})]
 
 
 class ValidationJsonGenerator(ResultsJsonGenerator):

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from flip_nvflare.components.delivery import DeliveryReport, HubCall, HubDelivery, summarise
+from flip_nvflare.components.delivery import Clock, DeliveryReport, HubCall, HubDelivery, summarise
 from flip_nvflare.constants import HubApi, ModelStatus
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipConfigError
@@ -191,6 +191,7 @@ class HubSession:
         hub_api: The hub generation, or None for the dev backend (which records everything).
         settings: Delivery settings.
         flip_mode: ``"dev"`` or ``"prod"``, for the run summary.
+        clock: The delivery's clock (retry delays, drain deadline); the real clock if None.
     """
 
     def __init__(
@@ -202,6 +203,7 @@ class HubSession:
         hub_api: HubApi | None,
         settings: SessionSettings,
         flip_mode: str,
+        clock: Clock | None = None,
     ) -> None:
         self.backend = backend
         self.model_id = model_id
@@ -210,7 +212,11 @@ class HubSession:
         self.flip_mode = flip_mode
         self.journal = RunJournal()
         self.delivery = HubDelivery(
-            backend, concurrency=settings.concurrency, max_pending=settings.max_pending, name=model_id[:8]
+            backend,
+            concurrency=settings.concurrency,
+            max_pending=settings.max_pending,
+            name=model_id[:8],
+            clock=clock,
         )
         self._drain_timeout = settings.drain_timeout
         self._lock = threading.Lock()
@@ -352,9 +358,7 @@ class HubSession:
         """Queue a typed progress event (ordered, droppable when the queue is full)."""
         model_id = self.model_id
         details = dict(details)
-        send_progress_event = getattr(self.backend, "send_progress_event", None)
-        if send_progress_event is None:
-            return
+        send_progress_event = self.backend.send_progress_event
         self.delivery.submit(
             HubCall(
                 kind="progress",

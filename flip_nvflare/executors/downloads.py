@@ -134,6 +134,12 @@ def describe_failure(exc: BaseException) -> str:
     return f"failed ({type(exc).__name__})"
 
 
+#: Extra attempts of one accession's download after the first, by default.
+DEFAULT_DOWNLOAD_RETRIES = 5
+#: Seconds before the first extra attempt, by default (doubling each time, capped at 30 s).
+DEFAULT_DOWNLOAD_RETRY_DELAY = 0.5
+
+
 def download_retry(retries: int, retry_delay: float) -> RetryPolicy:
     """The fetcher's retry policy from CohortPreparer's job-config arguments.
 
@@ -158,8 +164,8 @@ def download_retry(retries: int, retry_delay: float) -> RetryPolicy:
 
 
 def default_download_retry() -> RetryPolicy:
-    """Three attempts in all, 1 s then 2 s apart."""
-    return download_retry(2, 1.0)
+    """Six attempts in all, 0.5 s, 1 s, 2 s, 4 s and 8 s apart (this is the only layer that retries a download)."""
+    return download_retry(DEFAULT_DOWNLOAD_RETRIES, DEFAULT_DOWNLOAD_RETRY_DELAY)
 
 
 class ImageFetcher:
@@ -169,7 +175,7 @@ class ImageFetcher:
         fetch: Makes one accession's images available and returns their folder.
         concurrency: Fetches in flight at once (>= 1).
         retry: How an accession whose failure was transient is tried again (default: 3 attempts in
-            all, 1 s then 2 s apart). Its ``total_timeout`` bounds the time spent on one accession.
+            all, 0.5 s to 8 s apart). Its ``total_timeout`` bounds the time spent on one accession.
         progress: Called with a :class:`Progress` every ``progress_interval`` seconds and at the end.
         progress_interval: Seconds between progress reports.
         should_stop: Polled between fetches; when it returns True no new fetch starts.

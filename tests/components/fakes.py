@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flip_nvflare.constants import ModelStatus
 from flip_nvflare.core.base import FLIPBase
+from tests.support.clock import FakeClock
 
 
 class RecordingHub(FLIPBase):
-    """Records hub calls; ``fail`` may raise to simulate the hub's answers."""
+    """Records hub calls; ``fail`` may raise to simulate the hub's answers.
 
-    def __init__(self, latency: float = 0.0, fail: Callable[[str, tuple[Any, ...]], None] | None = None) -> None:
+    Time is ``clock``'s (a fresh FakeClock if None): each call takes ``latency`` seconds of it, so
+    with a latency a call ends only when the test moves the clock on.
+    """
+
+    def __init__(
+        self,
+        latency: float = 0.0,
+        fail: Callable[[str, tuple[Any, ...]], None] | None = None,
+        clock: FakeClock | None = None,
+    ) -> None:
         self.latency = latency
         self.fail = fail
+        self.clock = clock if clock is not None else FakeClock()
         self.calls: list[tuple[str, tuple[Any, ...], float, float]] = []  # (method, args, start, end)
         self.in_flight = 0
         self.max_in_flight = 0
@@ -25,19 +35,20 @@ class RecordingHub(FLIPBase):
         self.closed = False
 
     def _call(self, method: str, *args: Any) -> None:
-        start = time.monotonic()
+        start = self.clock.monotonic()
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.fail is not None:
                 self.fail(method, args)
-            time.sleep(self.latency)
+            if self.latency:
+                self.clock.sleep(self.latency)
         finally:
             with self._lock:
                 self.in_flight -= 1
         with self._lock:
-            self.calls.append((method, args, start, time.monotonic()))
+            self.calls.append((method, args, start, self.clock.monotonic()))
 
     def update_status(self, model_id: str, new_model_status: ModelStatus | str) -> None:
         self._call("status", str(ModelStatus(new_model_status).value))

@@ -8,10 +8,6 @@ backends on the same real run (each side has its own session, results folder and
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -22,11 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from flip_emulator.handle import EmulatorHandle, start_emulator
+from tests.support.simjob import (
+    FLIP_BACKEND,
+    NP_LOCATOR,
+    JobFolders,
+    SimulatorProcess,
+    client_config,
+    flip_backend,
+    numpy_model_components,
+    read_jsonl,
+    scatter_and_gather,
+    server_config,
+    write_job,
+)
 
 APP_SOURCE = Path(__file__).parent / "jobs" / "flip_widgets_app.py"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NP_PERSISTOR = "nvflare.app_common.np.np_model_persistor.NPModelPersistor"
-NP_LOCATOR = "nvflare.app_common.np.np_model_locator.NPModelLocator"
 CONTROLLERS = "flip_nvflare.controllers"
 
 
@@ -56,7 +62,7 @@ class FlipSide:
             uploader["include"] = self.include
         generator = "EvaluationJsonGenerator" if evaluation else "ValidationJsonGenerator"
         return [
-            {"id": self.flip_id, "path": "flip_nvflare.backend.FlipBackend", "args": backend_args},
+            {"id": self.flip_id, "path": FLIP_BACKEND, "args": backend_args},
             comp("status", "StatusReporter", flip_id=self.flip_id),
             comp("metrics", "MetricsForwarder", flip_id=self.flip_id),
             comp("progress", "ProgressReporter", flip_id=self.flip_id),
@@ -67,7 +73,7 @@ class FlipSide:
 
 
 @dataclass
-class WidgetJob:
+class WidgetJob(JobFolders):
     """A FLIP training or evaluation job using the server widgets.
 
     Attributes:
@@ -85,7 +91,6 @@ class WidgetJob:
         declare_flip_mode: Write the top-level ``flip_mode`` key (False: a job that forgot it).
     """
 
-    root: Path
     model_id: str
     sides: list[FlipSide]
     evaluation: bool = False
@@ -97,20 +102,12 @@ class WidgetJob:
     declare_flip_mode: bool = True
 
     @property
-    def job_dir(self) -> Path:
-        return self.root / "job"
-
-    @property
-    def workspace(self) -> Path:
-        return self.root / "workspace"
-
-    @property
     def ledger_dir(self) -> Path:
         return self.root / "ledgers"
 
     @property
     def server_run_dir(self) -> Path:
-        return self.workspace / "server" / "simulate_job"
+        return self.run_dir("server")
 
     @property
     def client_mode(self) -> str:
@@ -124,18 +121,17 @@ class WidgetJob:
         return Path(side.flip_args["dev_output_dir"])
 
     def write(self) -> Path:
-        app = self.job_dir / "app"
-        (app / "config").mkdir(parents=True, exist_ok=True)
-        (app / "custom").mkdir(parents=True, exist_ok=True)
-        shutil.copy(APP_SOURCE, app / "custom" / APP_SOURCE.name)
-        (app / "custom" / "trainer.py").write_text("from flip_widgets_app import WidgetTrainer as FLIP_TRAINER\n")
-        meta = {"name": "flip_widgets", "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": 2}
-        (self.job_dir / "meta.json").write_text(json.dumps(meta))
-        for name, config in (("server", self._server_config()), ("client", self._client_config())):
-            if not self.declare_flip_mode:
-                config.pop("flip_mode")
-            (app / "config" / f"config_fed_{name}.json").write_text(json.dumps(config, indent=1))
-        return self.job_dir
+        server, client = self._server_config(), self._client_config()
+        if not self.declare_flip_mode:
+            server.pop("flip_mode")
+            client.pop("flip_mode")
+        custom: dict[str, str | Path] = {
+            APP_SOURCE.name: APP_SOURCE,
+            "trainer.py": "from flip_widgets_app import WidgetTrainer as FLIP_TRAINER\n",
+        }
+        if self.client_api_eval:
+            custom["eval_script.py"] = EVAL_SCRIPT
+        return write_job(self.job_dir, name="flip_widgets", server=server, client=client, custom=custom)
 
     def _server_config(self) -> dict[str, Any]:
         components: list[dict[str, Any]] = list(self.server_extras)
@@ -157,32 +153,11 @@ class WidgetJob:
             ]
         else:
             components += [
-                {"id": "persistor", "path": NP_PERSISTOR, "args": {}},
-                {
-                    "id": "shareable_generator",
-                    "path": "nvflare.app_common.shareablegenerators.full_model_shareable_generator."
-                    "FullModelShareableGenerator",
-                },
-                {
-                    "id": "aggregator",
-                    "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
-                    "InTimeAccumulateWeightedAggregator",
-                    "args": {"expected_data_kind": "WEIGHTS"},
-                },
+                *numpy_model_components("WEIGHTS"),
                 {"id": "model_locator", "path": NP_LOCATOR, "args": {}},
             ]
             training = {
-                "sag": {
-                    "id": "sag",
-                    "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
-                    "args": {
-                        "min_clients": "{min_clients}",
-                        "num_rounds": "{global_rounds}",
-                        "wait_time_after_min_received": 0,
-                        "persistor_id": "persistor",
-                        "ignore_result_error": False,
-                    },
-                },
+                "sag": scatter_and_gather(ignore_result_error=False),
                 "fedavg": {
                     "id": "fedavg",
                     "path": "nvflare.app_common.workflows.fedavg.FedAvg",
@@ -203,18 +178,9 @@ class WidgetJob:
                     "args": {"model_locator_id": "model_locator", "submit_model_task_name": ""},
                 },
             ]
-        return {
-            "format_version": 2,
-            "flip_mode": self.client_mode,
-            "model_id": self.model_id,
-            "min_clients": 2,
-            "global_rounds": self.rounds,
-            "server": {"task_request_interval": 0.2},
-            "task_data_filters": [],
-            "task_result_filters": [],
-            "components": components,
-            "workflows": workflows,
-        }
+        return server_config(
+            self.client_mode, rounds=self.rounds, components=components, workflows=workflows, model_id=self.model_id
+        )
 
     def _client_config(self) -> dict[str, Any]:
         helper = ["init_task", "post_task"] if self.evaluation else ["init_training", "validate", "post_validation"]
@@ -245,14 +211,11 @@ class WidgetJob:
         elif self.evaluation:
             helper.append("evaluate")
         executors.append({"tasks": helper, "executor": {"path": "flip_widgets_app.WidgetTestExecutor"}})
-        return {
-            "format_version": 2,
-            "flip_mode": self.client_mode,
-            "executors": executors,
-            "task_result_filters": [],
-            "task_data_filters": [],
-            "components": [
-                {"id": "flip", "path": "flip_nvflare.backend.FlipBackend", "args": {"mode": "{flip_mode}"}},
+        return client_config(
+            self.client_mode,
+            executors=executors,
+            components=[
+                flip_backend(mode="{flip_mode}"),
                 {"id": "analytics_sender", "path": "nvflare.app_common.widgets.streaming.AnalyticsSender"},
                 {
                     "id": "event_to_fed",
@@ -260,7 +223,7 @@ class WidgetJob:
                     "args": {"events_to_convert": ["analytix_log_stats"]},
                 },
             ],
-        }
+        )
 
     def run(self, env: Mapping[str, str | None] | None = None, timeout: float = 900) -> RunResult:
         """Write the job, run it in the simulator (in a subprocess) and return what happened.
@@ -296,37 +259,17 @@ class RunningJob:
 
     def __init__(self, job: WidgetJob, env: Mapping[str, str | None]) -> None:
         job.write()
-        if job.client_api_eval:
-            (job.job_dir / "app" / "custom" / "eval_script.py").write_text(EVAL_SCRIPT)
-        full_env = {k: v for k, v in os.environ.items() if k not in env}
-        full_env.update({k: v for k, v in env.items() if v is not None})
         self.job = job
-        self._log = open(job.root / "simulator.log", "wb")  # closed in wait()
         self._started = time.monotonic()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.components.simjobs", str(job.job_dir), str(job.workspace)],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        self._process = SimulatorProcess(job.job_dir, job.workspace, job.root / "simulator.log", env)
 
     def wait(self, timeout: float) -> RunResult:
         """Wait for the run to end (killing it after ``timeout`` seconds) and return its result."""
-        try:
-            code = self._process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        finally:
-            self._log.close()
+        code = self._process.wait(timeout)
         return RunResult(self.job, code, time.monotonic() - self._started)
 
     def kill(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=30)
+        self._process.kill()
 
 
 def start_run(job: WidgetJob, env: Mapping[str, str | None]) -> RunningJob:
@@ -448,24 +391,17 @@ class RunResult:
     seconds: float
 
     def server_log(self) -> str:
-        logs = sorted((self.job.workspace / "server").rglob("log.txt"))
-        return "\n".join(p.read_text(errors="replace") for p in logs)
+        return self.job.log("server")
 
     def simulator_output(self) -> str:
         return (self.job.root / "simulator.log").read_text(errors="replace")
 
     def client_metrics(self) -> list[dict[str, Any]]:
         """Every valid metric the clients sent, from their ledgers."""
-        records = []
-        for path in sorted(self.job.ledger_dir.glob("*.jsonl")):
-            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return records
+        return [record for path in sorted(self.job.ledger_dir.glob("*.jsonl")) for record in read_jsonl(path)]
 
     def dev_ledger(self, side: FlipSide, name: str) -> list[dict[str, Any]]:
-        path = self.job.dev_output(side) / name
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.job.dev_output(side) / name)
 
     def dev_zips(self, side: FlipSide) -> list[Path]:
         return sorted((self.job.dev_output(side) / "results").rglob("*.zip"))
@@ -548,11 +484,3 @@ def metric_key(record: dict[str, Any], client_field: str = "site") -> tuple[Any,
         None if x_value is None else float(x_value),
         record.get("x_label"),
     )
-
-
-if __name__ == "__main__":
-    from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
-
-    job_folder, workspace = sys.argv[1], sys.argv[2]
-    runner = SimulatorRunner(job_folder=job_folder, workspace=workspace, n_clients=2, threads=2)
-    sys.exit(int(runner.run()))

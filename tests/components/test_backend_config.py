@@ -88,7 +88,7 @@ def test_missing_prod_settings_and_dev_in_secure_mode_fail_at_start_run(widget_r
     assert "flip_mode is 'dev' but this is a provisioned (secure) deployment" in log
     assert not result.job.ledger_dir.exists()  # no training task ran
     assert not planned.data["dev_output"].exists()  # the dev backend recorded nothing
-    client_log = "\n".join(p.read_text(errors="replace") for p in (result.job.workspace / "site-1").rglob("log.txt"))
+    client_log = result.job.log("site-1")
     assert (
         "Missing settings to talk to the trust's data-access-api: DATA_ACCESS_API_URL, TRUST_INTERNAL_SERVICE_KEY"
         in client_log

@@ -2,21 +2,25 @@
 
 A small in-memory backend stands in for the hub here (pure delivery logic); the same delivery is
 exercised against the emulated hub, over real sockets, by the e2e runs and the benchmark.
+
+Time is a FakeClock shared by the delivery (retry delays, drain deadline) and the hub (how long a
+call takes): it moves only when a test moves it, so each test says when every delay comes due and
+checks what happened then.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from flip_nvflare.components.delivery import DeliveryRetry, HubCall, HubDelivery, summarise
+from flip_nvflare.components.delivery import DeliveryReport, DeliveryRetry, HubCall, HubDelivery, summarise
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipRequestRejected, FlipServiceUnavailable
 from tests.components.fakes import RecordingHub
+from tests.support.clock import Background, FakeClock
 
 FAST = DeliveryRetry(initial_delay=0.01, max_delay=0.05, max_error_attempts=3, jitter=0.0)
 
@@ -36,9 +40,32 @@ def sent(hub: RecordingHub, method: str | None = None) -> list[Any]:
     return [args[0] for m, args, _, _ in sorted(hub.calls, key=lambda c: c[3]) if method in (None, m)]
 
 
+def outage(method: str, args: tuple[Any, ...]) -> None:
+    raise FlipServiceUnavailable("flip-api", "PUT", "/status", None, reason="ConnectError")
+
+
+def close_on(clock: FakeClock, delivery: HubDelivery, timeout: float = 10.0) -> DeliveryReport:
+    """Close ``delivery``, moving the clock through the retries meanwhile (never to the deadline)."""
+    closing = Background(lambda: delivery.close(timeout))
+    clock.run(closing.done, limit=timeout / 2)
+    return closing.result()
+
+
+def step_calls(clock: FakeClock, hub: RecordingHub, batches: Sequence[int]) -> None:
+    """Let the calls on the hub end batch by batch: each batch is on the hub at once, alone, then ends."""
+    for size in batches:
+
+        def on_hub(size: int = size) -> bool:
+            return len(clock.blocked()) == size == hub.in_flight
+
+        clock.wait_until(on_hub, f"{size} call(s), and no other, on the hub")
+        clock.advance(hub.latency)
+
+
 def test_submit_returns_at_once_and_everything_is_delivered_in_order_of_statuses() -> None:
-    hub = RecordingHub(latency=0.02)
-    delivery = HubDelivery(hub, concurrency=4, retry=FAST)
+    clock = FakeClock()
+    hub = RecordingHub(latency=0.02, clock=clock)
+    delivery = HubDelivery(hub, concurrency=4, retry=FAST, clock=clock)
     items: Sequence[HubCall] = [
         status("INITIATED"),
         *[metric(i) for i in range(10)],
@@ -46,11 +73,13 @@ def test_submit_returns_at_once_and_everything_is_delivered_in_order_of_statuses
         *[metric(i) for i in range(10, 20)],
         status("TRAINING_STARTED"),
     ]
-    t0 = time.monotonic()
     for item in items:
         assert delivery.submit(item)
-    assert time.monotonic() - t0 < 0.05  # 23 calls of 20 ms each were only queued
-    report = delivery.close(timeout=10)
+    # the clock has not moved, so no hub call can have ended: the 23 calls were only queued
+    assert hub.calls == [] and delivery.pending == 23
+    # a status alone, then the metrics before the next status four at a time
+    step_calls(clock, hub, [1, 4, 4, 2, 1, 4, 4, 2, 1])
+    report = close_on(clock, delivery)
     assert report.delivered == {"status": 3, "metric": 20} and not report.undelivered
     order = sent(hub)
     # statuses are barriers: every metric before a status is delivered before it, none after it earlier
@@ -61,37 +90,49 @@ def test_submit_returns_at_once_and_everything_is_delivered_in_order_of_statuses
 
 
 def test_a_status_is_sent_alone() -> None:
-    hub = RecordingHub(latency=0.02)
-    delivery = HubDelivery(hub, concurrency=8, retry=FAST)
+    clock = FakeClock()
+    hub = RecordingHub(latency=0.02, clock=clock)
+    delivery = HubDelivery(hub, concurrency=8, retry=FAST, clock=clock)
     for item in [*[metric(i) for i in range(8)], status("PREPARED"), *[metric(i) for i in range(8, 16)]]:
         delivery.submit(item)
-    delivery.close(timeout=10)
+    step_calls(clock, hub, [8, 1, 8])
+    close_on(clock, delivery)
     (_, _, start, end) = next(c for c in hub.calls if c[0] == "status")
     overlapping = [c for c in hub.calls if c[0] == "metric" and c[2] < end and c[3] > start]
     assert overlapping == []
 
 
 def test_outage_is_retried_until_the_hub_is_back_and_nothing_is_lost() -> None:
-    down_until = time.monotonic() + 0.5
+    clock = FakeClock()
+    down_until = 0.5
+    tried: dict[str, list[float]] = {}
 
     def fail(method: str, args: tuple[Any, ...]) -> None:
-        if time.monotonic() < down_until:
+        tried.setdefault(args[0], []).append(clock.monotonic())
+        if clock.monotonic() < down_until:
             raise FlipServiceUnavailable("flip-api", "POST", "/model/{model_id}/metrics", None, reason="ConnectError")
 
-    hub = RecordingHub(fail=fail)
-    delivery = HubDelivery(hub, concurrency=4, retry=FAST)
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=4, retry=FAST, clock=clock)
     delivery.submit(status("INITIATED"))
     for i in range(30):
         delivery.submit(metric(i))
     delivery.submit(status("PREPARED"))
-    report = delivery.close(timeout=10)
+    report = close_on(clock, delivery)
     assert report.delivered == {"status": 2, "metric": 30}
     assert sorted(sent(hub, "metric")) == sorted(f"m{i}" for i in range(30))
     assert sent(hub, "status") == ["INITIATED", "PREPARED"]
     assert min(c[3] for c in hub.calls) >= down_until
+    # the first status was retried with backoff through the outage, and delivered at the first retry after it
+    times = tried["INITIATED"]
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([FAST.delay(n) for n in range(1, len(times))])
+    assert times[-2] < down_until <= times[-1]
+    # everything behind it waited for it, and went out once
+    assert all(len(tried[f"m{i}"]) == 1 for i in range(30)) and len(tried["PREPARED"]) == 1
 
 
 def test_503_answers_count_as_an_outage_but_500_only_a_few_times() -> None:
+    clock = FakeClock()
     attempts: dict[str, int] = {}
 
     def fail(method: str, args: tuple[Any, ...]) -> None:
@@ -102,62 +143,65 @@ def test_503_answers_count_as_an_outage_but_500_only_a_few_times() -> None:
         if label == "m1":
             raise FlipServiceUnavailable("flip-api", "POST", "/metrics", 500)
 
-    hub = RecordingHub(fail=fail)
-    delivery = HubDelivery(hub, concurrency=2, retry=FAST)
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=2, retry=FAST, clock=clock)
     delivery.submit(metric(0))
     delivery.submit(metric(1))
-    report = delivery.close(timeout=10)
+    report = close_on(clock, delivery)
     assert attempts["m0"] == 7 and report.delivered == {"metric": 1}  # 503 retried past max_error_attempts
     assert attempts["m1"] == FAST.max_error_attempts and report.rejected == {"metric": 1}
 
 
 def test_a_refusal_is_final_and_does_not_hold_up_the_rest() -> None:
+    clock = FakeClock()
+    tried: list[str] = []
+
     def fail(method: str, args: tuple[Any, ...]) -> None:
+        tried.append(args[0])
         if args[0] == "m3":
             raise FlipRequestRejected("flip-api", "POST", "/metrics", 400, "trust not linked")
 
-    hub = RecordingHub(fail=fail)
-    delivery = HubDelivery(hub, concurrency=2, retry=FAST)
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=2, retry=FAST, clock=clock)
     for i in range(6):
         delivery.submit(metric(i))
     delivery.submit(status("RESULTS_UPLOADED"))
-    report = delivery.close(timeout=10)
+    report = close_on(clock, delivery)
     assert report.rejected == {"metric": 1} and report.delivered == {"metric": 5, "status": 1}
     assert "1 refused by the hub (1 metric)" in summarise(report)
+    assert tried.count("m3") == 1  # never retried
+    assert set(clock.requested) <= {10.0}  # the only wait was close's: nothing waited for a retry
 
 
 def test_full_queue_drops_new_metrics_but_never_a_status() -> None:
-    gate = threading.Event()
-
-    def fail(method: str, args: tuple[Any, ...]) -> None:
-        gate.wait(5)
-
-    hub = RecordingHub(fail=fail)
-    delivery = HubDelivery(hub, concurrency=1, max_pending=5, retry=FAST)
-    delivery.submit(status("INITIATED"))  # blocks the dispatcher until the gate opens
-    time.sleep(0.05)
+    clock = FakeClock()
+    hub = RecordingHub(latency=0.01, clock=clock)
+    delivery = HubDelivery(hub, concurrency=1, max_pending=5, retry=FAST, clock=clock)
+    delivery.submit(status("INITIATED"))
+    clock.wait_for_blocked(1)  # the dispatcher is on the hub with it until the clock moves
     accepted = [delivery.submit(metric(i)) for i in range(8)]
     assert accepted == [True] * 5 + [False] * 3
     assert delivery.submit(status("PREPARED"))  # over the bound, still queued
-    gate.set()
-    report = delivery.close(timeout=10)
+    report = close_on(clock, delivery)
     assert report.dropped == {"metric": 3}
     assert report.delivered == {"status": 2, "metric": 5}
     assert sent(hub, "status") == ["INITIATED", "PREPARED"]
+    assert sorted(sent(hub, "metric")) == [f"m{i}" for i in range(5)]  # the first five; the later ones dropped
 
 
 def test_close_gives_up_at_the_deadline_and_counts_what_was_not_delivered() -> None:
-    def fail(method: str, args: tuple[Any, ...]) -> None:
-        raise FlipServiceUnavailable("flip-api", "PUT", "/status", None, reason="ConnectError")
-
-    hub = RecordingHub(fail=fail)
-    delivery = HubDelivery(hub, concurrency=2, retry=FAST)
+    clock = FakeClock()
+    hub = RecordingHub(fail=outage, clock=clock)
+    delivery = HubDelivery(hub, concurrency=2, retry=FAST, clock=clock)
     delivery.submit(status("INITIATED"))
     for i in range(4):
         delivery.submit(metric(i))
-    t0 = time.monotonic()
-    report = delivery.close(timeout=0.3)
-    assert 0.3 <= time.monotonic() - t0 < 2.0
+    closing = Background(lambda: delivery.close(timeout=0.3))
+    clock.wait_until(lambda: 0.3 in clock.requested, "close to wait for its deadline")
+    clock.advance_to(0.29)  # the status is retried meanwhile
+    assert not closing.done() and delivery.pending == 5  # not given up before the deadline
+    clock.advance_to(0.3)
+    report = closing.result()  # given up at the deadline: the clock does not move again
     assert report.delivered == {} and report.undelivered.total() == 5
     assert "5 NOT delivered" in summarise(report)
     assert not delivery.submit(metric(99))  # closed: refused and counted
@@ -165,10 +209,11 @@ def test_close_gives_up_at_the_deadline_and_counts_what_was_not_delivered() -> N
 
 
 def test_close_without_any_call_is_immediate() -> None:
-    delivery = HubDelivery(RecordingHub(), retry=FAST)
-    t0 = time.monotonic()
-    assert delivery.close(timeout=5).submitted == {}
-    assert time.monotonic() - t0 < 0.1
+    clock = FakeClock()
+    delivery = HubDelivery(RecordingHub(clock=clock), retry=FAST, clock=clock)
+    closing = Background(lambda: delivery.close(timeout=5))
+    assert closing.result().submitted == {}  # returned without the clock moving...
+    assert clock.requested == []  # ...and without waiting on it at all
 
 
 @pytest.mark.parametrize(

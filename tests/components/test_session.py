@@ -1,4 +1,7 @@
-"""HubSession: trust names, the run journal, holders, draining at the last release and at exit."""
+"""HubSession: trust names, the run journal, holders, draining at the last release and at exit.
+
+The delivery's time is a FakeClock the session passes on: it moves only when a test moves it.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ import pytest
 
 from flip_nvflare.components.session import HubSession, RunJournal, SessionSettings, TrustNames
 from flip_nvflare.constants import HubApi, ModelStatus
-from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.errors import FlipConfigError, FlipServiceUnavailable
 from tests.components.fakes import RecordingHub
+from tests.support.clock import Background, FakeClock
 
 MODEL_ID = str(uuid.uuid4())
 
@@ -54,7 +58,8 @@ def test_run_journal_summary() -> None:
 
 
 def test_the_last_holder_drains_and_closes_whatever_the_order() -> None:
-    hub = RecordingHub(latency=0.01)
+    clock = FakeClock()
+    hub = RecordingHub(latency=0.01, clock=clock)
     session = HubSession(
         hub,
         model_id=MODEL_ID,
@@ -62,6 +67,7 @@ def test_the_last_holder_drains_and_closes_whatever_the_order() -> None:
         hub_api=HubApi.H2,
         settings=SessionSettings(concurrency=2),
         flip_mode="prod",
+        clock=clock,
     )
     for holder in ("backend", "status", "metrics"):
         session.hold(holder)
@@ -71,7 +77,10 @@ def test_the_last_holder_drains_and_closes_whatever_the_order() -> None:
     session.send_progress("ROUND_STARTED", 3, {"total_rounds": 5})
     assert session.release("status") is None and session.release("backend") is None
     assert not hub.closed and not session.closed
-    report = session.release("metrics")
+    assert hub.calls == [] and session.delivery.pending == 4  # the clock has not moved: all still queued
+    releasing = Background(lambda: session.release("metrics"))
+    clock.run(releasing.done, limit=1.0)  # each call takes 10 ms; the drain deadline is 60 s away
+    report = releasing.result()
     assert report is not None and report.delivered == {"status": 1, "metric": 1, "log": 1, "progress": 1}
     assert hub.closed and session.closed
     calls = {c[0]: c[1] for c in hub.calls}
@@ -107,3 +116,31 @@ def test_queued_calls_are_delivered_when_the_process_exits_before_the_run_ends(t
     ledger = [json.loads(line) for line in (tmp_path / "status.jsonl").read_text().splitlines()]
     assert [r["status"] for r in ledger] == ["ERROR"]
     assert "exiting before the run ended" in done.stderr
+
+
+def test_the_last_release_gives_up_at_the_drain_deadline_and_still_closes_the_backend() -> None:
+    clock = FakeClock()
+
+    def down(method: str, args: tuple[object, ...]) -> None:
+        raise FlipServiceUnavailable("flip-api", "PUT", "/status", None, reason="ConnectError")
+
+    hub = RecordingHub(fail=down, clock=clock)
+    session = HubSession(
+        hub,
+        model_id=MODEL_ID,
+        trust_names=TrustNames(),
+        hub_api=HubApi.H2,
+        settings=SessionSettings(drain_timeout=5.0),
+        flip_mode="prod",
+        clock=clock,
+    )
+    session.hold("status")
+    session.report_status(ModelStatus.ERROR)
+    releasing = Background(lambda: session.release("status"))
+    clock.wait_until(lambda: 5.0 in clock.requested, "the drain to wait for its 5 s deadline")
+    clock.advance_to(4.9)  # the status is retried meanwhile
+    assert not releasing.done() and not hub.closed
+    clock.advance_to(5.0)
+    report = releasing.result()
+    assert report is not None and report.delivered == {} and report.undelivered.total() == 1
+    assert hub.closed and session.closed and hub.calls == []

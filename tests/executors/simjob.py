@@ -3,16 +3,27 @@
 The jobs use a NumPy model (no PyTorch) so a 2-client, 2-round run takes seconds. A server-side
 ``EventRecorder`` (written into the job's custom folder) appends what the tests need to check to
 a JSON-lines file: every client result (task, return code, ``exception`` header) and every FLIP
-event with its props.
+event with its props. The run is in this process (:func:`tests.support.simjob.run_simulator`).
 """
 
 from __future__ import annotations
 
-import json
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.simjob import (
+    JobFolders,
+    client_config,
+    flip_backend,
+    numpy_model_components,
+    read_jsonl,
+    run_simulator,
+    scatter_and_gather,
+    server_config,
+    write_job,
+)
 
 RECORDER = textwrap.dedent(
     """
@@ -68,7 +79,7 @@ RECORDER = textwrap.dedent(
 
 
 @dataclass
-class SimJob:
+class SimJob(JobFolders):
     """One FLIP job folder to run in the simulator.
 
     Attributes:
@@ -82,7 +93,6 @@ class SimJob:
         client_vars: Extra top-level keys of the client config.
     """
 
-    root: Path
     mode: str
     client_executors: list[dict[str, Any]]
     workflows: list[dict[str, Any]] | None = None
@@ -92,81 +102,37 @@ class SimJob:
     client_vars: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def job_dir(self) -> Path:
-        return self.root / "job"
-
-    @property
-    def workspace(self) -> Path:
-        return self.root / "workspace"
-
-    @property
     def record_file(self) -> Path:
         return self.root / "records.jsonl"
 
     def write(self) -> Path:
-        app = self.job_dir / "app"
-        (app / "config").mkdir(parents=True, exist_ok=True)
-        (app / "custom").mkdir(parents=True, exist_ok=True)
-        (self.job_dir / "meta.json").write_text(
-            json.dumps({"name": "flip_test", "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}, "min_clients": 2})
+        flip = flip_backend(mode="{flip_mode}", **self.flip_args)
+        client = client_config(
+            self.mode,
+            executors=self.client_executors,
+            components=[flip],
+            **{
+                "project_id": "encrypted-project-envelope-0001",
+                "query": "SELECT person_id, accession_id FROM omop.person WHERE year_of_birth > 1950",
+                **self.client_vars,
+            },
         )
-        flip_args: dict[str, Any] = {"mode": "{flip_mode}", **self.flip_args}
-        flip = {"id": "flip", "path": "flip_nvflare.backend.FlipBackend", "args": flip_args}
-        client = {
-            "format_version": 2,
-            "flip_mode": self.mode,
-            "project_id": "encrypted-project-envelope-0001",
-            "query": "SELECT person_id, accession_id FROM omop.person WHERE year_of_birth > 1950",
-            **self.client_vars,
-            "executors": self.client_executors,
-            "task_result_filters": [],
-            "task_data_filters": [],
-            "components": [flip],
-        }
-        server = {
-            "format_version": 2,
-            "flip_mode": self.mode,
-            "min_clients": 2,
-            "global_rounds": self.rounds,
-            "server": {"task_request_interval": 0.2},
-            "task_data_filters": [],
-            "task_result_filters": [],
-            "components": [
-                flip,
-                {"id": "persistor", "path": "nvflare.app_common.np.np_model_persistor.NPModelPersistor"},
-                {
-                    "id": "shareable_generator",
-                    "path": "nvflare.app_common.shareablegenerators.full_model_shareable_generator."
-                    "FullModelShareableGenerator",
-                },
-                {
-                    "id": "aggregator",
-                    "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
-                    "InTimeAccumulateWeightedAggregator",
-                    "args": {"expected_data_kind": "WEIGHT_DIFF"},
-                },
-                {"id": "recorder", "path": "recorder.EventRecorder", "args": {"path": str(self.record_file)}},
-            ],
-            "workflows": self.workflows if self.workflows is not None else default_workflows(),
-        }
-        (app / "config" / "config_fed_client.json").write_text(json.dumps(client, indent=1))
-        (app / "config" / "config_fed_server.json").write_text(json.dumps(server, indent=1))
-        (app / "custom" / "recorder.py").write_text(RECORDER)
-        for name, source in self.custom_files.items():
-            (app / "custom" / name).write_text(textwrap.dedent(source))
-        return self.job_dir
+        recorder = {"id": "recorder", "path": "recorder.EventRecorder", "args": {"path": str(self.record_file)}}
+        server = server_config(
+            self.mode,
+            rounds=self.rounds,
+            components=[flip, *numpy_model_components("WEIGHT_DIFF"), recorder],
+            workflows=self.workflows if self.workflows is not None else default_workflows(),
+        )
+        custom = {"recorder.py": RECORDER, **self.custom_files}
+        return write_job(self.job_dir, name="flip_test", server=server, client=client, custom=custom)
 
     def run(self) -> int:
-        from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
-
         self.write()
-        runner = SimulatorRunner(job_folder=str(self.job_dir), workspace=str(self.workspace), n_clients=2, threads=2)
-        return int(runner.run())
+        return run_simulator(self.job_dir, self.workspace)
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.record_file.exists():
-            return []
-        return [json.loads(line) for line in self.record_file.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.record_file)
 
     def results(self, task: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["kind"] == "result" and r["task"] == task]
@@ -174,32 +140,17 @@ class SimJob:
     def events(self, event: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["kind"] == "event" and r["event"] == event]
 
-    def client_run_dir(self, site: str) -> Path:
-        return self.workspace / site / "simulate_job"
-
-    def client_log(self, site: str) -> str:
-        logs = sorted((self.workspace / site).rglob("log.txt"))
-        return "\n".join(p.read_text(errors="replace") for p in logs)
-
 
 def default_workflows(init: str = "InitTraining", post_task: str = "post_validation") -> list[dict[str, Any]]:
     return [
         {"id": "init", "path": f"flip_nvflare.controllers.{init}", "args": {"min_clients": "{min_clients}"}},
-        {
-            "id": "sag",
-            "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
-            "args": {
-                "min_clients": "{min_clients}",
-                "num_rounds": "{global_rounds}",
-                "start_round": 0,
-                "wait_time_after_min_received": 0,
-                "aggregator_id": "aggregator",
-                "persistor_id": "persistor",
-                "shareable_generator_id": "shareable_generator",
-                "train_task_name": "train",
-                "train_timeout": 0,
-            },
-        },
+        scatter_and_gather(
+            start_round=0,
+            aggregator_id="aggregator",
+            shareable_generator_id="shareable_generator",
+            train_task_name="train",
+            train_timeout=0,
+        ),
         {"id": "cleanup", "path": "flip_nvflare.controllers.CleanupClients", "args": {"task_name": post_task}},
     ]
 

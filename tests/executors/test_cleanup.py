@@ -57,7 +57,7 @@ def test_release_images_deletes_only_this_jobs_unshared_downloads(tmp_path: Path
     assert (net / "ACC3" / "scans" / "img.nii").exists()
     assert (unrelated / "scans" / "img.nii").exists()
     saved = CohortManifest.load(manifest_dir)
-    assert all(entry.released for entry in saved.images.values())
+    assert saved.images and all(entry.released for entry in saved.images.values())
 
     again = release_images(saved, backend, manifest_dir)
     assert (again.deleted, again.kept_shared, again.kept, again.absent) == (0, 0, 0, 0)

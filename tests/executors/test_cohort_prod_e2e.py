@@ -100,7 +100,7 @@ def test_run_succeeds_with_every_image_present(prod_run: Run) -> None:
     for site in ("site-1", "site-2"):
         evidence = [
             json.loads(line)
-            for line in (prod_run.job.client_run_dir(site) / "trainer_evidence.jsonl").read_text().splitlines()
+            for line in (prod_run.job.run_dir(site) / "trainer_evidence.jsonl").read_text().splitlines()
         ]
         assert len(evidence) == 2  # two rounds
         assert evidence[0]["backend"] == "FLIPStandardProd"
@@ -122,7 +122,9 @@ def test_flaky_imaging_service_was_flaky_and_retries_made_up_for_it(prod_run: Ru
     total = len(prod_run.cohorts["site-1"]) + len(prod_run.cohorts["site-2"])
     assert len(injected) >= total // 10  # about 20% of the requests were refused...
     assert all(r.status_code == 503 for r in injected)
-    for result in prod_run.job.results("init_training"):  # ...and no accession ended up missing
+    prepared = prod_run.job.results("init_training")
+    assert {r["client"] for r in prepared} == {"site-1", "site-2"}
+    for result in prepared:  # ...and no accession ended up missing
         assert result["rc"] == "OK"
         assert result["headers"]["flip_preparation"]["missing"] == 0
 
@@ -131,6 +133,7 @@ def test_cleanup_deleted_only_what_this_job_downloaded(prod_run: Run) -> None:
     net = prod_run.net
     special = {prod_run.preexisting, prod_run.shared}
     for site in ("site-1", "site-2"):
+        assert prod_run.cohorts[site], site
         for accession in prod_run.cohorts[site]:
             assert (net / accession).exists() == (accession in special), accession
     assert (net / "OTHER_DATA" / "keep.txt").read_text() == "unrelated"

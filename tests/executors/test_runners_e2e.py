@@ -66,7 +66,7 @@ def dev_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimJob, int, Path
 
 
 def _evidence(job: SimJob, site: str) -> list[dict[str, object]]:
-    path = job.client_run_dir(site) / "trainer_evidence.jsonl"
+    path = job.run_dir(site) / "trainer_evidence.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -109,7 +109,7 @@ def test_failure_reply_carries_a_sanitized_traceback(dev_run: tuple[SimJob, int,
     assert re.search(r'File "custom/trainer.py", line \d+, in read_volume', header)
     assert len(header) <= 8000
     # The full traceback stays in site-2's own log.
-    assert re.search(r"ACC\d{6}_t1\.nii\.gz", job.client_log("site-2"))
+    assert re.search(r"ACC\d{6}_t1\.nii\.gz", job.log("site-2"))
 
 
 def test_run_ends_and_cleanup_keeps_dev_data(dev_run: tuple[SimJob, int, Path]) -> None:
@@ -121,6 +121,6 @@ def test_run_ends_and_cleanup_keeps_dev_data(dev_run: tuple[SimJob, int, Path]) 
     assert (images / "OTHER_PROJECT" / "keep.txt").read_text() == "not this job's"
     for site in ("site-1", "site-2"):
         # ImageCleanup ran at END_RUN (no post task after the failure): cohort files are gone.
-        prepared = job.client_run_dir(site) / "flip_cohort"
+        prepared = job.run_dir(site) / "flip_cohort"
         assert not (prepared / "cohort.pkl").exists()
         assert json.loads((prepared / "cleanup.json").read_text())["accessions"] == 6

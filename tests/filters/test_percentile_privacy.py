@@ -89,6 +89,7 @@ def _ours(data: Layers, fl_ctx: FLContext, steps: Any = None, **args: Any) -> La
 
 
 def assert_identical(expected: Layers, actual: Layers) -> None:
+    assert expected, "no layers to compare"
     assert list(actual) == list(expected)
     for name, want in expected.items():
         got = actual[name]
@@ -175,7 +176,7 @@ def test_percentile_bounds_match_stock(selection: str, percentile: int, fl_ctx: 
 def test_all_zero_diff_stays_zero(selection: str, fl_ctx: FLContext) -> None:
     data = {"a": np.zeros((60, 30), np.float32), "b": -np.zeros(500, np.float32)}
     out = assert_same_as_stock(data, fl_ctx)
-    assert all(not v.any() for v in out.values())
+    assert set(out) == set(data) and all(not v.any() for v in out.values())
 
 
 def test_negative_zero_kept_when_cutoff_is_zero(selection: str, fl_ctx: FLContext) -> None:

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
 from flip_emulator.faults import FaultBoard, FaultSpec
+from tests.support.clock import FakeClock
 
 
 def outcomes(board: FaultBoard, route: str, n: int) -> list[int | None]:
@@ -55,12 +55,15 @@ def test_hang_decision_and_clearing_bumps_the_generation() -> None:
 
 
 def test_down_window_expires() -> None:
-    board = FaultBoard()
+    clock = FakeClock(start=100.0)
+    board = FaultBoard(clock)
     board.set_down("hub", 0.2, "503")
     window = board.down("hub")
     assert window is not None and window.mode == "503"
     assert board.down("trust") is None
-    time.sleep(0.25)
+    clock.advance_to(100.19)
+    assert board.down("hub") == window  # still down just before its end
+    clock.advance_to(100.25)
     assert board.down("hub") is None
 
 

@@ -52,6 +52,7 @@ def test_population_shape(population: SyntheticData) -> None:
 def test_every_study_has_a_readable_volume_and_most_a_matching_segmentation(population: SyntheticData) -> None:
     conn = sqlite3.connect(population.omop_path)
     accessions = [r[0] for r in conn.execute("SELECT accession_id FROM image_occurrence")]
+    assert accessions
     with_seg = 0
     for accession in accessions:
         scans = population.archive / accession / "scans"

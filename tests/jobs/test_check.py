@@ -136,7 +136,8 @@ def test_unknown_job_type_is_a_clear_error(app: Path) -> None:
 def test_format_problems_lists_each_problem(tmp_path: Path) -> None:
     text = format_problems(tmp_path, "standard", check_app(tmp_path, "standard"))
     assert text.splitlines()[0] == f"{tmp_path} is not a valid FLIP standard app (4 problems):"
-    assert all(line.startswith("  - ") for line in text.splitlines()[1:])
+    problems = text.splitlines()[1:]
+    assert len(problems) == 4 and all(line.startswith("  - ") for line in problems)
 
 
 def test_check_app_command_exit_codes(app: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,15 +70,19 @@ def test_template_files_and_top_level_keys(job_type: JobType) -> None:
 @pytest.mark.parametrize("name", ["config_fed_server.json", "config_fed_client.json"])
 def test_every_reference_names_a_top_level_key(job_type: JobType, name: str) -> None:
     config = _load(job_type, name)
-    for text in _strings({k: v for k, v in config.items() if isinstance(v, (dict, list))}):
-        for ref in REFERENCE.findall(text):
-            assert ref in config or ref in SYSTEM_VARIABLES, f"{name}: {{{ref}}} is not defined"
+    texts = _strings({k: v for k, v in config.items() if isinstance(v, (dict, list))})
+    refs = [ref for text in texts for ref in REFERENCE.findall(text)]
+    assert refs, f"{name}: no {{reference}} found to check"
+    for ref in refs:
+        assert ref in config or ref in SYSTEM_VARIABLES, f"{name}: {{{ref}}} is not defined"
 
 
 @pytest.mark.parametrize("job_type", list(JobType))
 @pytest.mark.parametrize("name", ["config_fed_server.json", "config_fed_client.json"])
 def test_every_component_path_imports(job_type: JobType, name: str) -> None:
-    for path in _paths(_load(job_type, name)):
+    paths = _paths(_load(job_type, name))
+    assert paths, f"{name}: no component path found to check"
+    for path in paths:
         module_name, _, attribute = path.rpartition(".")
         if module_name == "models":  # the app's own models.get_model, from custom/
             continue
