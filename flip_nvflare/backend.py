@@ -28,7 +28,6 @@ from flip_nvflare.components.session import HubSession, SessionSettings, TrustNa
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipMode
 from flip_nvflare.core.base import FLIPBase, check_model_id
 from flip_nvflare.core.dev import FLIPStandardDev
-from flip_nvflare.core.http import RetryPolicy
 from flip_nvflare.core.prod import FLIPStandardProd
 from flip_nvflare.core.settings import (
     SettingsReader,
@@ -39,10 +38,6 @@ from flip_nvflare.core.settings import (
 from flip_nvflare.errors import FlipConfigError, FlipError
 from flip_nvflare.executors.sanitize import sanitize_hub_text
 from flip_nvflare.workspace import job_run_dir
-
-#: Per-call HTTP retries of the server's prod backend. Short on purpose: HubDelivery retries
-#: across longer outages itself, in order, without holding up the calls behind.
-SERVER_CALL_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.2, max_delay=1.0, total_timeout=15.0)
 
 _SESSION_HOLDER = "FlipBackend"
 T = TypeVar("T")
@@ -254,7 +249,6 @@ class FlipBackend(FLComponent):
         backend = FLIPStandardProd(
             hub_api=self._hub_api,
             http_timeout=self._http_timeout,
-            retry=SERVER_CALL_RETRY if on_server else None,
         )
         self.log_info(fl_ctx, f"FLIP backend: prod ({'server' if on_server else 'client'} settings checked)")
         return backend

@@ -27,17 +27,18 @@ This module has no NVFlare imports: it works with any :class:`~flip_nvflare.core
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from flip_nvflare.core.base import FLIPBase
-from flip_nvflare.core.http import RETRYABLE_STATUS
-from flip_nvflare.errors import FlipError, FlipServiceUnavailable
+from flip_nvflare.core.http import RETRYABLE_STATUS, idempotency_key
+from flip_nvflare.errors import FlipConfigError, FlipError, FlipHTTPError, FlipServiceUnavailable
+from flip_nvflare.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class HubCall:
         what: Short description for logs. Must never hold patient data or keys.
         ordered: A barrier: delivered alone, after everything before it (statuses).
         droppable: May be dropped when the queue is full (metrics, progress events).
+        key: The call's idempotency key, sent on every attempt, so a hub that honours it records
+            the call once even when an answer was lost and the call retried.
     """
 
     kind: str
@@ -86,37 +89,17 @@ class HubCall:
     what: str
     ordered: bool = False
     droppable: bool = False
+    key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-@dataclass(frozen=True)
-class DeliveryRetry:
-    """How HubDelivery retries a call that failed.
+def default_delivery_retry() -> RetryPolicy:
+    """HubDelivery's default retry policy: 0.5 s doubling to 10 s, 5 attempts for errors.
 
-    Attributes:
-        initial_delay: Seconds before the first retry; doubles on each further retry.
-        max_delay: Cap on one delay, in seconds.
-        max_error_attempts: Attempts for a call that keeps getting an error answer other than an
-            outage (e.g. HTTP 500) or an unexpected exception. Outages are retried until closing.
-        jitter: Fraction of each delay that is randomised (0 to 1).
+    A call that keeps getting an error answer other than an outage (e.g. HTTP 500), or raising
+    something unexpected, gives up after 5 attempts. Outages (no answer, 429/502/503/504) are
+    retried until the delivery closes, whatever the count.
     """
-
-    initial_delay: float = 0.5
-    max_delay: float = 10.0
-    max_error_attempts: int = 5
-    jitter: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
-            raise ValueError("DeliveryRetry needs 0 <= initial_delay <= max_delay")
-        if self.max_error_attempts < 1:
-            raise ValueError("DeliveryRetry.max_error_attempts must be at least 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("DeliveryRetry.jitter must be between 0 and 1")
-
-    def delay(self, retry_number: int) -> float:
-        """Seconds to wait before retry number ``retry_number`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * (2 ** min(retry_number - 1, 30)))
-        return base * (1.0 - self.jitter * random.random())
+    return RetryPolicy(max_attempts=5, initial_delay=0.5, max_delay=10.0, total_timeout=None, jitter=0.3)
 
 
 @dataclass
@@ -180,18 +163,18 @@ class HubDelivery:
         *,
         concurrency: int = 8,
         max_pending: int = 50_000,
-        retry: DeliveryRetry | None = None,
+        retry: RetryPolicy | None = None,
         name: str = "flip",
         clock: Clock | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise FlipConfigError("HubDelivery: concurrency must be at least 1.")
         if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
+            raise FlipConfigError("HubDelivery: max_pending must be at least 1.")
         self._backend = backend
         self._concurrency = concurrency
         self._max_pending = max_pending
-        self._retry = retry or DeliveryRetry()
+        self._retry = retry or default_delivery_retry()
         self._name = name
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._cond = threading.Condition()
@@ -357,17 +340,21 @@ class HubDelivery:
         while True:
             attempt += 1
             try:
-                call.send(self._backend)
+                with idempotency_key(call.key):
+                    call.send(self._backend)
             except Exception as exc:  # every failure is classified; none may kill the thread
                 if _is_final(exc):
                     self._reject(call, exc)
                     return
                 if not _is_outage(exc):
                     error_attempts += 1
-                    if error_attempts >= self._retry.max_error_attempts:
+                    if not self._retry.allows(error_attempts):
                         self._reject(call, exc)
                         return
                 delay = self._retry.delay(attempt)
+                asked = exc.retry_after if isinstance(exc, FlipHTTPError) else None
+                if asked is not None:  # the hub asked for a pause (Retry-After): honour it, within reason
+                    delay = max(delay, min(asked, self._retry.max_delay))
                 logger.info(
                     "FLIP hub delivery of %s failed (%s); retry %d in %.1f s.",
                     call.what,

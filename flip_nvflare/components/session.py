@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import re
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -24,14 +23,13 @@ from enum import Enum
 from typing import Any
 
 from flip_nvflare.components.delivery import Clock, DeliveryReport, HubCall, HubDelivery, summarise
-from flip_nvflare.constants import HubApi, ModelStatus
+from flip_nvflare.constants import HubApi, ModelStatus, default_trust_name
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-_SITE = re.compile(r"site-(\d+)")
-_TRUST = re.compile(r"Trust_\d+")
 _MAX_REASON_CHARS = 500
 #: Deadline of the delivery when the process exits without ending the run.
 _EXIT_DRAIN_SECONDS = 10.0
@@ -61,10 +59,7 @@ class TrustNames:
         """The trust name of ``client_name``."""
         if client_name in self._explicit:
             return self._explicit[client_name]
-        if _TRUST.fullmatch(client_name):
-            return client_name
-        match = _SITE.fullmatch(client_name)
-        return f"Trust_{match.group(1)}" if match else client_name
+        return default_trust_name(client_name)
 
     def as_dict(self, client_names: list[str]) -> dict[str, str]:
         """The mapping of the given clients (for the run summary)."""
@@ -212,7 +207,7 @@ class HubSession:
         self.flip_mode = flip_mode
         self.journal = RunJournal()
         self.delivery = HubDelivery(
-            backend,
+            backend.with_retry(RetryPolicy.single()),  # the delivery alone retries hub calls
             concurrency=settings.concurrency,
             max_pending=settings.max_pending,
             name=model_id[:8],

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from flip_nvflare.components.delivery import DeliveryReport, DeliveryRetry, HubCall, HubDelivery, summarise
+from flip_nvflare.components.delivery import DeliveryReport, HubCall, HubDelivery, default_delivery_retry, summarise
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipRequestRejected, FlipServiceUnavailable
+from flip_nvflare.retry import RetryPolicy
 from tests.components.fakes import RecordingHub
 from tests.support.clock import Background, FakeClock
 
-FAST = DeliveryRetry(initial_delay=0.01, max_delay=0.05, max_error_attempts=3, jitter=0.0)
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.05, total_timeout=None, jitter=0.0)
 
 
 def status(name: str) -> HubCall:
@@ -148,8 +149,8 @@ def test_503_answers_count_as_an_outage_but_500_only_a_few_times() -> None:
     delivery.submit(metric(0))
     delivery.submit(metric(1))
     report = close_on(clock, delivery)
-    assert attempts["m0"] == 7 and report.delivered == {"metric": 1}  # 503 retried past max_error_attempts
-    assert attempts["m1"] == FAST.max_error_attempts and report.rejected == {"metric": 1}
+    assert attempts["m0"] == 7 and report.delivered == {"metric": 1}  # 503 retried past max_attempts
+    assert attempts["m1"] == FAST.max_attempts and report.rejected == {"metric": 1}
 
 
 def test_a_refusal_is_final_and_does_not_hold_up_the_rest() -> None:
@@ -227,6 +228,45 @@ def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
 
 def test_retry_policy_checks_and_backs_off() -> None:
     with pytest.raises(ValueError):
-        DeliveryRetry(initial_delay=2, max_delay=1)
-    policy = DeliveryRetry(initial_delay=0.5, max_delay=4, jitter=0)
+        RetryPolicy(initial_delay=2, max_delay=1)
+    default = default_delivery_retry()
+    assert default.total_timeout is None and default.max_attempts == 5
+    policy = RetryPolicy(initial_delay=0.5, max_delay=4, jitter=0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_every_attempt_of_a_call_carries_the_same_idempotency_key_and_calls_differ() -> None:
+    from flip_nvflare.core.http import current_idempotency_key
+
+    clock = FakeClock()
+    keys: dict[str, list[str | None]] = {}
+
+    def fail(method: str, args: tuple[Any, ...]) -> None:
+        keys.setdefault(args[0], []).append(current_idempotency_key())
+        if args[0] == "m0" and len(keys["m0"]) <= 2:
+            raise FlipServiceUnavailable("flip-api", "POST", "/metrics", 503)
+
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=1, retry=FAST, clock=clock)
+    delivery.submit(metric(0))
+    delivery.submit(metric(1))
+    close_on(clock, delivery)
+    assert len(keys["m0"]) == 3 and len(set(keys["m0"])) == 1 and keys["m0"][0]
+    assert keys["m1"][0] and keys["m1"][0] != keys["m0"][0]
+
+
+def test_a_retry_after_longer_than_the_backoff_is_honoured() -> None:
+    clock = FakeClock()
+    tries: list[int] = []
+
+    def fail(method: str, args: tuple[Any, ...]) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise FlipServiceUnavailable("flip-api", "POST", "/metrics", 503, retry_after=0.04)
+
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=1, retry=FAST, clock=clock)
+    delivery.submit(metric(0))
+    report = close_on(clock, delivery)
+    assert report.delivered == {"metric": 1}
+    assert 0.04 in clock.requested  # FAST's first backoff is 0.01 s: the hub's 0.04 s was used instead
