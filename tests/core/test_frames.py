@@ -244,7 +244,7 @@ def test_older_pandas_float_option_is_exact_too(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_moderate_cohort_matches_and_shares_repeated_strings() -> None:
-    rows = 200_000
+    rows = 50_000
     rng = np.random.default_rng(5)
     modalities = np.array(["CT", "MR", "CR", "US"], dtype=object)
     sites = np.array(["Guy's & St Thomas'", "Leeds Teaching", "Barts", "UCLH", None], dtype=object)
