@@ -95,7 +95,7 @@ class FlipEvents:
 
 
 class FlipProps:
-    """FLContext properties flip-nvflare components set for each other (private, not sticky)."""
+    """FLContext properties flip-nvflare components set for each other (private; not sticky unless noted)."""
 
     #: Set with TRAINING_INITIATED: names of the clients asked to prepare.
     PREPARATION_TARGETS = "flip.preparation.targets"
@@ -109,6 +109,9 @@ class FlipProps:
     RESULTS_LOCATION = "_flip_results_location"
     #: Set with RESULTS_UPLOADED / RESULTS_UPLOAD_FAILED: the id of the FlipBackend that uploaded them.
     RESULTS_FLIP_ID = "_flip_results_flip_id"
+    #: Sticky on a client, set by CohortPreparer at START_RUN: the job's preparer, so a runner whose
+    #: site has not prepared (the server moved on without it) prepares first.
+    COHORT_PREPARER = "flip.cohort.preparer"
 
 
 class FlipHeaders:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flip_nvflare.constants import FlipMode, JobType
+from flip_nvflare_demo.data import MAX_SITES
 
 if TYPE_CHECKING:
     from flip_nvflare_demo.report import RunRecord
@@ -24,7 +25,30 @@ if TYPE_CHECKING:
 #: The model id the demo's job reports under (any UUID does in dev mode).
 DEMO_MODEL_ID = "d3e0f11b-2c4a-4d5e-9f60-7a8b9c0d1e2f"
 DEFAULT_WORKDIR = Path(".work") / "demo"
+#: Sites the demo runs by default (``--sites`` takes MIN_SITES to data.MAX_SITES).
 SITES = 2
+MIN_SITES = 2
+#: Seconds a run may take before it is stopped: a base, plus this much per site beyond two.
+BASE_TIMEOUT = 600.0
+TIMEOUT_PER_EXTRA_SITE = 60.0
+
+
+def site_count(text: str) -> int:
+    """``--sites``: an integer from :data:`MIN_SITES` to ``MAX_SITES`` (a clear error naming the limits otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_SITES <= value <= MAX_SITES:
+        raise argparse.ArgumentTypeError(
+            f"the demo runs {MIN_SITES} to {MAX_SITES} sites (its data generator's limit), not {text!r}"
+        )
+    return value
+
+
+def default_timeout(sites: int) -> float:
+    """Seconds the demo waits for a run of ``sites`` sites before stopping it."""
+    return BASE_TIMEOUT + TIMEOUT_PER_EXTRA_SITE * max(0, sites - SITES)
 
 
 def app_dir() -> Path:
@@ -36,53 +60,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; exit code 0 when the run succeeded and the model learned."""
     parser = argparse.ArgumentParser(
         prog="flip-nvflare demo",
-        description="Train the bundled FLIP app (a small 3-D CNN) on synthetic NIfTI data with 2 sites in NVFlare's "
-        "simulator, then print what the hub received.",
+        description="Train the bundled FLIP app (a small 3-D CNN) on synthetic NIfTI data with 2 sites (or --sites N) "
+        "in NVFlare's simulator, then print what the hub received.",
     )
     parser.add_argument(
         "--prod", action="store_true", help="run in prod mode against the FLIP services emulator and moto S3"
     )
     parser.add_argument(
+        "--sites",
+        type=site_count,
+        default=SITES,
+        metavar="N",
+        help=f"dev mode: how many sites train, {MIN_SITES} to {MAX_SITES} (default {SITES})",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"working folder (default {DEFAULT_WORKDIR})"
     )
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"seconds before the run is stopped (default {BASE_TIMEOUT:.0f}, plus {TIMEOUT_PER_EXTRA_SITE:.0f} "
+        f"per site beyond {SITES})",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.prod and args.sites != SITES:
+        parser.error(f"--sites applies to the dev demo; --prod runs {SITES} sites served by one emulated trust")
     workdir: Path = args.workdir.resolve()
+    timeout: float = args.timeout if args.timeout is not None else default_timeout(args.sites)
     try:
         if args.prod:
             from flip_nvflare_demo.prod import run_prod_demo
 
-            return run_prod_demo(workdir, timeout=args.timeout)
-        return run_dev_demo(workdir, timeout=args.timeout)
+            return run_prod_demo(workdir, timeout=timeout)
+        return run_dev_demo(workdir, timeout=timeout, sites=args.sites)
     except KeyboardInterrupt:
         print("\ndemo interrupted; every process it started was stopped.", file=sys.stderr)
         return 130
 
 
-def run_dev_demo(workdir: Path, *, timeout: float = 600.0) -> int:
-    """The dev-mode demo: data, job, simulator, report. Returns the exit code."""
+def run_dev_demo(workdir: Path, *, timeout: float | None = None, sites: int = SITES) -> int:
+    """The dev-mode demo with ``sites`` sites: data, job, simulator, report. Returns the exit code."""
     from flip_nvflare_demo.report import from_dev_ledger, render
     from flip_nvflare_demo.simulate import run_simulation
 
     started = time.monotonic()
-    job_dir, workspace = prepare_run(workdir, FlipMode.DEV)
+    job_dir, workspace = prepare_run(workdir, FlipMode.DEV, sites=sites)
     ledger = workspace / "server" / "simulate_job" / "flip_dev"
     progress = StatusPrinter(lambda: _dev_statuses(ledger), started)
-    print(f"Running the simulator ({SITES} sites); its log: {workspace.with_name(workspace.name + '.log')}")
-    result = run_simulation(job_dir, workspace, n_clients=SITES, threads=SITES, timeout=timeout, on_poll=progress)
+    print(f"Running the simulator ({sites} sites); its log: {workspace.with_name(workspace.name + '.log')}")
+    result = run_simulation(
+        job_dir,
+        workspace,
+        n_clients=sites,
+        threads=sites,
+        timeout=timeout if timeout is not None else default_timeout(sites),
+        on_poll=progress,
+    )
     record = from_dev_ledger(result.server_run_dir / "flip_dev", DEMO_MODEL_ID)
     return finish(record, result.return_code, result.log_tail(), time.monotonic() - started, render)
 
 
-def prepare_run(workdir: Path, mode: FlipMode, **job_options: str) -> tuple[Path, Path]:
-    """Generate the data (reused when present) and build the job; return (job folder, fresh workspace)."""
-    from flip_nvflare.jobs.create import JobRequest, create_job
-    from flip_nvflare_demo.data import generate_demo_data
+def prepare_run(workdir: Path, mode: FlipMode, *, sites: int = SITES, **job_options: str) -> tuple[Path, Path]:
+    """Generate the data (reused when present) and build the job; return (job folder, fresh workspace).
+
+    In dev mode ``job create`` takes the sites and ``min_clients`` from the data's site folders;
+    in prod mode ``min_clients`` is ``sites``, as FLIP's hub would set it.
+    """
+    from flip_nvflare.jobs.create import JobRequest, build_job
+    from flip_nvflare_demo.data import DemoDataSpec, generate_demo_data, simulator_sites
 
     workdir.mkdir(parents=True, exist_ok=True)
-    data = generate_demo_data(workdir / "data")
-    print(f"Demo data: {data.root} ({', '.join(f'{s.site}: {s.cases} studies' for s in data.sites)})")
-    job_dir = create_job(
+    data = generate_demo_data(workdir / "data", DemoDataSpec(sites=simulator_sites(sites)))
+    counts = {s.cases for s in data.sites}
+    shown = (
+        f"{len(data.sites)} sites, {counts.pop()} studies each"
+        if len(data.sites) > 4 and len(counts) == 1
+        else ", ".join(f"{s.site}: {s.cases} studies" for s in data.sites)
+    )
+    print(f"Demo data: {data.root} ({shown})")
+    created = build_job(
         JobRequest(
             job_type=JobType.STANDARD,
             app_dir=app_dir(),
@@ -92,11 +149,16 @@ def prepare_run(workdir: Path, mode: FlipMode, **job_options: str) -> tuple[Path
             model_id=job_options.get("model_id", DEMO_MODEL_ID),
             project_id=job_options.get("project_id"),
             query=job_options.get("query"),
-            min_clients=SITES,
+            min_clients=None if mode is FlipMode.DEV else sites,
             force=True,
         )
     )
+    job_dir = created.job_dir
     print(f"Job: {job_dir} (from the flip_standard template, flip_mode {mode.value})")
+    for note in created.notes:
+        print(f"  {note}")
+    for warning in created.warnings:
+        print(f"  warning: {warning}")
     workspace = workdir / "workspace"
     if workspace.exists():
         shutil.rmtree(workspace)

@@ -3,7 +3,9 @@
 Each site gets a cohort of small 3-D volumes of noise; in about half of them a bright, blurred blob
 sits somewhere inside the volume, and the cohort's ``label`` says whether it does. A small CNN
 learns to find the blob within a few federated rounds. The sites differ a little (intensity
-offset and scale, blob size), as real hospitals' scanners do.
+offset and scale, blob size), as real hospitals' scanners do; those differences repeat every
+:data:`SITE_VARIANTS` sites, so the blob always fits the volume and any number of sites from 1 to
+:data:`MAX_SITES` generates.
 
 Layout written under ``root`` (the dev-data layout ``flip-nvflare job create --dev-data`` expects)::
 
@@ -41,6 +43,10 @@ NIFTI_RELATIVE_PATH = Path("scans") / "1" / "resources" / "NIFTI" / "files" / "i
 #: Cohort CSV columns, in order.
 COHORT_COLUMNS = ("accession_id", "person_id", "label", "year_of_birth", "gender", "study_date", "modality")
 _FORMAT_VERSION = 1
+#: Most sites a data set may have (the demo's ``--sites`` accepts 2 to this).
+MAX_SITES = 32
+#: Sites differ in intensity and blob width in a cycle of this many (site 9 looks like site 1).
+SITE_VARIANTS = 8
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,11 @@ class DemoDataSpec:
     def __post_init__(self) -> None:
         if not self.sites or len(set(self.sites)) != len(self.sites):
             raise ValueError("DemoDataSpec.sites must name at least one site, each once.")
+        if len(self.sites) > MAX_SITES:
+            raise ValueError(
+                f"DemoDataSpec.sites names {len(self.sites)} sites; the demo data supports 1 to {MAX_SITES} "
+                "(MAX_SITES)."
+            )
         for site in self.sites:
             if not site or "/" in site or site in (".", ".."):
                 raise ValueError(f"DemoDataSpec.sites: {site!r} is not a usable folder name.")
@@ -73,6 +84,16 @@ class DemoDataSpec:
             raise ValueError("DemoDataSpec.cases_per_site must be at least 4.")
         if len(self.shape) != 3 or min(self.shape) < 8:
             raise ValueError("DemoDataSpec.shape must be three sizes of at least 8 voxels.")
+        if self.blob_sigma <= 0:
+            raise ValueError("DemoDataSpec.blob_sigma must be > 0.")
+        widest = max(range(len(self.sites)), key=lambda index: blob_sigma(self, index))
+        margin = blob_margin(blob_sigma(self, widest))
+        if min(self.shape) < 2 * margin + 2:
+            raise ValueError(
+                f"DemoDataSpec.shape {tuple(self.shape)} is too small for the blob of site {self.sites[widest]} "
+                f"(sigma {blob_sigma(self, widest):.1f} voxels needs at least {2 * margin + 2} voxels per side); "
+                "use a larger shape or a smaller blob_sigma."
+            )
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,17 @@ class DemoData:
         raise KeyError(f"No demo data for site {name!r}; generated sites: {[s.site for s in self.sites]}.")
 
 
+def simulator_sites(count: int) -> tuple[str, ...]:
+    """The names NVFlare's simulator gives ``count`` clients: ``site-1`` ... ``site-<count>``.
+
+    Raises:
+        ValueError: ``count`` is not in 1..:data:`MAX_SITES`.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SITES:
+        raise ValueError(f"The demo data supports 1 to {MAX_SITES} sites (MAX_SITES), not {count!r}.")
+    return tuple(f"site-{index}" for index in range(1, count + 1))
+
+
 def site_cohort_csv(root: str | Path, site: str) -> Path:
     """The cohort CSV of ``site`` in a dev-data folder."""
     return Path(root) / site / COHORT_NAME
@@ -151,6 +183,7 @@ def generate_demo_data(root: str | Path, spec: DemoDataSpec | None = None, *, fo
             return DemoData(root=root, spec=spec, sites=sites)
     root.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
+    _remove_stale_sites(root, existing, spec)
     sites = tuple(_generate_site(root, index, name, spec) for index, name in enumerate(spec.sites))
     manifest = {
         "format_version": _FORMAT_VERSION,
@@ -170,17 +203,33 @@ def make_volume(rng: np.random.Generator, spec: DemoDataSpec, site_index: int, p
         site_index: Index of the site (changes intensity offset, scale and blob width a little).
         positive: Whether to add the blob.
     """
-    offset = 0.3 * site_index
-    scale = 1.0 + 0.15 * site_index
+    variant = site_variant(site_index)
+    offset = 0.3 * variant
+    scale = 1.0 + 0.15 * variant
     volume = rng.normal(0.0, 1.0, size=spec.shape)
     if positive:
-        sigma = spec.blob_sigma * (1.0 + 0.1 * site_index)
-        margin = int(np.ceil(2 * sigma))
+        sigma = blob_sigma(spec, site_index)
+        margin = blob_margin(sigma)
         center = [rng.uniform(margin, size - 1 - margin) for size in spec.shape]
         axes = np.ogrid[tuple(slice(0, size) for size in spec.shape)]
         squared = sum((axis - c) ** 2 for axis, c in zip(axes, center, strict=True))
         volume = volume + spec.blob_amplitude * np.exp(-squared / (2 * sigma**2))
     return (scale * volume + offset).astype(np.float32)
+
+
+def site_variant(site_index: int) -> int:
+    """Which of the :data:`SITE_VARIANTS` intensity and blob-width variants site ``site_index`` gets."""
+    return site_index % SITE_VARIANTS
+
+
+def blob_sigma(spec: DemoDataSpec, site_index: int) -> float:
+    """The blob width (standard deviation, voxels) at site ``site_index``: 10 % wider per variant."""
+    return spec.blob_sigma * (1.0 + 0.1 * site_variant(site_index))
+
+
+def blob_margin(sigma: float) -> int:
+    """Voxels kept between a blob's centre and the volume's edge."""
+    return int(np.ceil(2 * sigma))
 
 
 def _generate_site(root: Path, site_index: int, site: str, spec: DemoDataSpec) -> SiteData:
@@ -223,6 +272,24 @@ def _generate_site(root: Path, site_index: int, site: str, spec: DemoDataSpec) -
         cases=len(rows),
         positives=int(labels.sum()),
     )
+
+
+def _remove_stale_sites(root: Path, existing: dict[str, Any] | None, spec: DemoDataSpec) -> None:
+    """Delete the site folders an earlier generation wrote here that ``spec`` no longer has.
+
+    Only folders the previous ``demo_data.json`` lists are touched, so a dev-data folder made for
+    8 sites and regenerated for 2 does not keep offering 6 sites to ``job create --dev-data``.
+    """
+    import shutil
+
+    listed = existing.get("sites", []) if existing else []
+    for item in listed if isinstance(listed, list) else []:
+        site = item.get("site") if isinstance(item, dict) else None
+        if not isinstance(site, str) or site in spec.sites or not site or "/" in site or site in (".", ".."):
+            continue
+        folder = root / site
+        if folder.is_dir() and (folder / COHORT_NAME).is_file():
+            shutil.rmtree(folder)
 
 
 def _spec_json(spec: DemoDataSpec) -> dict[str, Any]:

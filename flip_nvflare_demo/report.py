@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flip_nvflare.jobs.check import natural_key
+
 if TYPE_CHECKING:
     from flip_emulator.handle import EmulatorHandle
 
@@ -26,6 +28,8 @@ KEY_METRIC = "val_accuracy"
 CHANCE = 0.5
 #: What the final accuracy must reach for the demo to count as having learned.
 LEARNED = 0.75
+#: Up to this many sites the cross-site table has a column per site; beyond, a row per site.
+WIDE_TABLE_SITES = 4
 VALIDATION_JSON = "cross_val_results.json"
 
 
@@ -75,8 +79,8 @@ class RunRecord:
         return self.statuses[-1].status if self.statuses else None
 
     def sites(self) -> list[str]:
-        """Sites that sent metrics, sorted."""
-        return sorted({m.site for m in self.metrics})
+        """Sites that sent metrics, in natural order (``site-2`` before ``site-10``)."""
+        return sorted({m.site for m in self.metrics}, key=natural_key)
 
     def series(self, label: str, site: str) -> dict[int, float]:
         """Round -> value of ``label`` at ``site`` (the last value if a round has several)."""
@@ -244,16 +248,20 @@ def _metrics_table(record: RunRecord, sites: list[str]) -> list[str]:
 def _cross_site_table(record: RunRecord) -> list[str]:
     if not record.cross_site:
         return ["  (no cross-site validation results)"]
-    sites = sorted(record.cross_site)
+    sites = sorted(record.cross_site, key=natural_key)
     models = sorted({model for results in record.cross_site.values() for model in results})
-    rows = [["model", *sites]]
-    for model in models:
-        cells = []
-        for site in sites:
-            result = record.cross_site[site].get(model)
-            value = result.get(KEY_METRIC) if isinstance(result, dict) else None
-            cells.append(_number(value) if value is not None else str((result or {}).get("error", "-")))
-        rows.append([model.removeprefix("SRV_").removesuffix(".pt"), *cells])
+
+    def cell(site: str, model: str) -> str:
+        result = record.cross_site[site].get(model)
+        value = result.get(KEY_METRIC) if isinstance(result, dict) else None
+        return _number(value) if value is not None else str((result or {}).get("error", "-"))
+
+    names = [model.removeprefix("SRV_").removesuffix(".pt") for model in models]
+    if len(sites) <= WIDE_TABLE_SITES:  # one column per site
+        rows = [["model", *sites]]
+        rows += [[name, *(cell(site, m) for site in sites)] for name, m in zip(names, models, strict=True)]
+    else:  # one row per site, so many sites still fit the terminal
+        rows = [["site", *names], *([site, *(cell(site, m) for m in models)] for site in sites)]
     return [*_table(rows), f"  ({KEY_METRIC}; models are the final and the best global model)"]
 
 

@@ -4,6 +4,7 @@ Examples::
 
     flip-nvflare check-app --type standard my_app/
     flip-nvflare job create --type standard --app my_app/ --job jobs/my_job --dev-data data/
+    flip-nvflare check-app jobs/my_job            # a job folder: its app, and min_clients against its sites
     nvflare simulator jobs/my_job -w /tmp/ws -n 2 -t 2
 """
 
@@ -16,24 +17,40 @@ from pathlib import Path
 
 from flip_nvflare.constants import FlipMode, JobType
 from flip_nvflare.errors import FlipError
-from flip_nvflare.jobs.check import check_app, format_problems
-from flip_nvflare.jobs.create import JobRequest, create_job
+from flip_nvflare.jobs.check import check_app, check_job, format_problems, is_job_dir
+from flip_nvflare.jobs.create import JobRequest, build_job
 
 _TYPES = [t.value for t in JobType]
 
 
 def check_app_main(argv: Sequence[str]) -> int:
-    """Run ``flip-nvflare check-app``; exit code 0 if the app is valid, 1 if not, 2 on usage errors."""
+    """Run ``flip-nvflare check-app``; exit code 0 if the app is valid, 1 if not, 2 on usage errors.
+
+    Given a job folder, it checks the job's app and warns when the job's ``min_clients`` is below
+    the number of sites that take part (warnings do not change the exit code).
+    """
     parser = argparse.ArgumentParser(
         prog="flip-nvflare check-app",
-        description="Check a FLIP app folder for every file, class, function and config.json key its job type needs.",
+        description="Check a FLIP app folder for every file, class, function and config.json key its job type needs; "
+        "or a job folder: its app, and its min_clients against the sites that take part.",
     )
-    parser.add_argument("--type", required=True, choices=_TYPES, help="the job type the app is for")
+    parser.add_argument(
+        "--type", choices=_TYPES, help="the job type the app is for (required for an app folder; a job's is read)"
+    )
     parser.add_argument(
         "--checkpoints", type=Path, help="evaluation: folder holding the checkpoints (default: the app folder)"
     )
-    parser.add_argument("app", type=Path, help="the app folder (what becomes the job's custom/ folder)")
+    parser.add_argument(
+        "--sites", type=int, help="job folder: how many sites will run it (default: participating_clients or dev data)"
+    )
+    parser.add_argument("app", type=Path, help="the app folder (what becomes a job's custom/ folder), or a job folder")
     args = parser.parse_args(list(argv))
+    if is_job_dir(args.app):
+        return _check_job(args.app, args.type, args.sites)
+    if args.type is None:
+        parser.error(f"--type is required: {args.app} is not a job folder (no meta.conf and app/config/)")
+    if args.sites is not None:
+        parser.error("--sites applies to a job folder")
     try:
         problems = check_app(args.app, args.type, checkpoints_dir=args.checkpoints)
     except FlipError as exc:
@@ -42,6 +59,27 @@ def check_app_main(argv: Sequence[str]) -> int:
     report = format_problems(args.app, args.type, problems)
     print(report, file=sys.stderr if problems else sys.stdout)
     return 1 if problems else 0
+
+
+def _check_job(job_dir: Path, job_type: str | None, sites: int | None) -> int:
+    if sites is not None and sites < 1:
+        print("check-app: --sites must be at least 1.", file=sys.stderr)
+        return 2
+    try:
+        result = check_job(job_dir, job_type, sites=sites)
+    except FlipError as exc:
+        print(f"check-app: {exc}", file=sys.stderr)
+        return 2
+    report = format_problems(result.app_dir, result.job_type, result.problems)
+    print(f"job {job_dir}: " + report, file=sys.stderr if result.problems else sys.stdout)
+    if result.min_clients is not None:
+        where = f"; sites: {len(result.sites)}" if result.sites else ""
+        print(f"  min_clients {result.min_clients}{where}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 1 if result.problems else 0
 
 
 def job_main(argv: Sequence[str]) -> int:
@@ -70,7 +108,11 @@ def job_main(argv: Sequence[str]) -> int:
     create.add_argument("--model-id", help="the model's id on the hub (a UUID)")
     create.add_argument("--project-id", help="the project's encrypted id (client config)")
     create.add_argument("--query", help="the cohort query (client config)")
-    create.add_argument("--min-clients", type=int, help="clients needed to run (default 2)")
+    create.add_argument(
+        "--min-clients",
+        type=int,
+        help="clients needed to run (default: one per --dev-data site folder, else 2; prod: the hub sets it)",
+    )
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     args = parser.parse_args(list(argv))
 
@@ -88,10 +130,16 @@ def job_main(argv: Sequence[str]) -> int:
         force=args.force,
     )
     try:
-        job_dir = create_job(request)
+        created = build_job(request)
     except FlipError as exc:
         print(f"job create: {exc}", file=sys.stderr)
         return 1
+    job_dir = created.job_dir
     print(f"Created {args.type} job {job_dir} (flip_mode {args.mode}).")
-    print(f"Run it in the simulator: nvflare simulator {job_dir} -w /tmp/flip-workspace -n 2 -t 2")
+    for note in created.notes:
+        print(f"  {note}")
+    for warning in created.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    clients = len(created.sites) if created.sites else created.min_clients
+    print(f"Run it in the simulator: nvflare simulator {job_dir} -w /tmp/flip-workspace -n {clients} -t {clients}")
     return 0

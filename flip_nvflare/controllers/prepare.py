@@ -12,10 +12,18 @@ When every required client has prepared it fires :attr:`FlipEvents.PREPARATION_D
 over to the next workflow. When a client's preparation fails -- or too few clients answer in
 time -- it fires :attr:`FlipEvents.PREPARATION_FAILED` and ends the run with a panic that names
 the client and the return code, never the client's error text (that text, already sanitized at
-the trust, reaches the hub through ExceptionForwarder).
+the trust, reaches the hub through ExceptionForwarder). A return code is a free string a client app
+can set: it is named only if it is one of NVFlare's, and whatever else a client's reply carries
+(its summary counts, its task name) is sanitized before it is logged or passed on.
 
 :class:`CleanupClients` is the matching last workflow: it broadcasts the post task
 (``post_validation`` / ``post_task``) so each client's ImageCleanup runs, and never fails the run.
+
+``min_clients`` below the number of targets is allowed but warned about at the start (each round
+of the next workflow would aggregate only the first results, see
+:func:`flip_nvflare.jobs.check.min_clients_warning`); when the controller moves on before every
+target has prepared, it logs which sites have not and what happens to them (each prepares before
+its first task, or refuses it: :func:`flip_nvflare.executors.cohort.prepare_before_task`).
 
 Event props (read them with ``fl_ctx.get_prop``):
 
@@ -41,6 +49,8 @@ from nvflare.apis.signal import Signal
 
 from flip_nvflare.constants import FlipEvents, FlipHeaders, FlipProps, FlipTasks
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.executors.sanitize import hub_return_code, sanitize_hub_text
+from flip_nvflare.jobs.check import min_clients_warning, name_sites
 
 
 def _check_count(name: str, value: object, owner: str) -> int:
@@ -73,6 +83,9 @@ class PrepareClients(Controller):
 
     #: The task a subclass sends when the job config names none.
     default_task_name = ""
+    #: Whether the next workflow aggregates only the first ``min_clients`` results (training), which
+    #: decides what a ``min_clients`` below the number of sites costs (see :func:`min_clients_warning`).
+    aggregates_first_results = True
 
     def __init__(
         self,
@@ -122,6 +135,9 @@ class PrepareClients(Controller):
                 f"({', '.join(targets)}).",
             )
             return
+        shortfall = min_clients_warning(required, targets, training=self.aggregates_first_results)
+        if shortfall:
+            self.log_warning(fl_ctx, f"{shortfall} (job start)", fire_event=False)
         fl_ctx.set_prop(FlipProps.PREPARATION_TARGETS, list(targets), private=True, sticky=False)
         self.fire_event(FlipEvents.TRAINING_INITIATED, fl_ctx)
         self.log_info(fl_ctx, f"Asking {len(targets)} client(s) to prepare their data (task {self._task_name!r}).")
@@ -167,6 +183,36 @@ class PrepareClients(Controller):
         fl_ctx.set_prop(FlipProps.PREPARATION_SUMMARY, prepared, private=True, sticky=False)
         self.fire_event(FlipEvents.PREPARATION_DONE, fl_ctx)
         self.log_info(fl_ctx, f"{len(prepared)} client(s) prepared: {_describe(prepared)}.")
+        pending = [name for name in targets if name not in prepared]
+        if pending:
+            sent = {client_task.client.name for client_task in task.client_tasks}
+            self.log_warning(fl_ctx, self._moving_on(required, targets, pending, sent), fire_event=False)
+
+    def _moving_on(self, required: int, targets: list[str], pending: list[str], sent: set[str]) -> str:
+        """What happens to the sites that had not prepared when the run moved on without them."""
+        busy = [name for name in pending if name in sent]
+        unsent = [name for name in pending if name not in sent]
+        parts = [
+            f"Moving on with {len(targets) - len(pending)} of {len(targets)} sites prepared (min_clients {required}); "
+            f"not prepared: {name_sites(pending)}."
+        ]
+        if busy:
+            parts.append(
+                f"Still preparing: {name_sites(busy)}; each finishes its preparation before it takes another task "
+                "(its late answer is ignored here)."
+            )
+        if unsent:
+            parts.append(
+                f"Never sent the preparation task: {name_sites(unsent)}; each prepares its cohort when its first "
+                "task arrives, or refuses that task with a clear error if it cannot (no site runs on an "
+                "unprepared cohort)."
+            )
+        if self.aggregates_first_results:
+            parts.append(
+                f"Each round aggregates the first {required} results, so their work counts only when it is among "
+                "them; set min_clients to the number of sites to train on all of them."
+            )
+        return " ".join(parts)
 
     def _targets(self, fl_ctx: FLContext) -> list[str] | None:
         connected = [c.name for c in fl_ctx.get_engine().get_clients()]
@@ -195,7 +241,7 @@ class PrepareClients(Controller):
         if rc == ReturnCode.TASK_UNKNOWN:
             reason = f"{rc}: the client has no executor for task {self._task_name!r} (add CohortPreparer for it)"
         else:
-            reason = str(rc)
+            reason = hub_return_code(rc)  # goes into the event, the panic and the run summary
         with self._lock:
             self._failed[name] = reason
         self._fire_failed(fl_ctx, name, reason)
@@ -220,7 +266,8 @@ class PrepareClients(Controller):
         self, client: Client, task_name: str, client_task_id: str, result: Shareable, fl_ctx: FLContext
     ) -> None:
         """A late answer (after the task ended) changes nothing."""
-        self.log_info(fl_ctx, f"Ignoring a late result from {client.name} for task {task_name!r}.")
+        shown = sanitize_hub_text(task_name, _MAX_NAME)  # the task name comes with the client's request
+        self.log_info(fl_ctx, f"Ignoring a late result from {client.name} for task {shown!r}.")
 
 
 class InitTraining(PrepareClients):
@@ -239,6 +286,7 @@ class InitEvaluation(PrepareClients):
     """
 
     default_task_name = FlipTasks.INIT_TASK
+    aggregates_first_results = False
 
 
 class CleanupClients(Controller):
@@ -284,9 +332,11 @@ class CleanupClients(Controller):
         rc = result.get_return_code(ReturnCode.OK) if isinstance(result, Shareable) else None
         if rc == ReturnCode.OK:
             counts = result.get_header(FlipHeaders.CLEANUP_SUMMARY) if isinstance(result, Shareable) else None
-            self.log_info(fl_ctx, f"{name} finished {self._task_name!r}: {counts or {}}.")
+            self.log_info(fl_ctx, f"{name} finished {self._task_name!r}: {_counts(counts)}.")
         else:
-            self.log_warning(fl_ctx, f"{name} answered {self._task_name!r} with {rc}.", fire_event=False)
+            self.log_warning(
+                fl_ctx, f"{name} answered {self._task_name!r} with {hub_return_code(rc)}.", fire_event=False
+            )
 
     def process_result_of_unknown_task(
         self, client: Client, task_name: str, client_task_id: str, result: Shareable, fl_ctx: FLContext
@@ -298,7 +348,29 @@ def _describe(prepared: dict[str, Any]) -> str:
     parts = []
     for name, summary in sorted(prepared.items()):
         if summary:
-            parts.append(f"{name} {summary.get('ready', '?')}/{summary.get('accessions', '?')} accessions ready")
+            ready, accessions = _count(summary.get("ready")), _count(summary.get("accessions"))
+            parts.append(f"{name} {ready}/{accessions} accessions ready")
         else:
             parts.append(name)
     return ", ".join(parts)
+
+
+#: Cap on a sanitized name taken from a client's reply.
+_MAX_NAME = 200
+
+
+def _count(value: object) -> str:
+    """A count from a client's summary header, or ``?`` if it is not a count (the header is the client's to set)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def _counts(counts: object) -> str:
+    """A client's cleanup counts for the log: numbers only, under sanitized names."""
+    if not isinstance(counts, dict):
+        return "{}"
+    shown = {
+        sanitize_hub_text(key, _MAX_NAME): value
+        for key, value in counts.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    return str(shown)

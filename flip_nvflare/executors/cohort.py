@@ -18,6 +18,12 @@ On a trust's shared images volume every accession is claimed before it is reques
 :mod:`flip_nvflare.executors.claims`), so ImageCleanup can later delete exactly what this job
 downloaded. A failure is answered with an execution-exception reply whose ``exception`` header is
 a short, sanitized message; the full traceback stays in the client's log.
+
+A site that never ran the preparation task (the server moved on once ``min_clients`` sites had
+prepared) is prepared before its first task instead: at START_RUN the preparer makes itself known
+to the job's runners (:attr:`FlipProps.COHORT_PREPARER`), and :func:`prepare_before_task`, which
+the runners call before every task, prepares the cohort first or refuses the task with a clear
+error. No app runs on an unprepared cohort.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
+from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
@@ -36,13 +43,20 @@ from nvflare.apis.signal import Signal
 
 from flip_nvflare.args import json_bool
 from flip_nvflare.backend import get_flip_backend
-from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders, ResourceType
+from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders, FlipProps, ResourceType
 from flip_nvflare.core.base import FLIPBase, as_resource_types, check_accession_id
 from flip_nvflare.errors import FlipConfigError, PreparationError, format_traceback
 from flip_nvflare.executors.claims import ImageClaims, make_claim_token
 from flip_nvflare.executors.cleanup import release_images
 from flip_nvflare.executors.context import config_text, site_name
-from flip_nvflare.executors.downloads import FetchReport, ImageFetcher, Progress, download_retry
+from flip_nvflare.executors.downloads import (
+    DEFAULT_DOWNLOAD_RETRIES,
+    DEFAULT_DOWNLOAD_RETRY_DELAY,
+    FetchReport,
+    ImageFetcher,
+    Progress,
+    download_retry,
+)
 from flip_nvflare.executors.manifest import (
     COHORT_FILE,
     CohortManifest,
@@ -88,8 +102,8 @@ class CohortPreparer(Executor):
         query: str = "{query}",
         resource_types: str | list[str] = "NIFTI",
         concurrency: int = DEFAULT_CONCURRENCY,
-        retries: int = 2,
-        retry_delay: float = 1.0,
+        retries: int = DEFAULT_DOWNLOAD_RETRIES,
+        retry_delay: float = DEFAULT_DOWNLOAD_RETRY_DELAY,
         max_missing_fraction: float = 0.2,
         accession_column: str = "accession_id",
         download_images: bool = True,
@@ -122,12 +136,18 @@ class CohortPreparer(Executor):
         self._allow_empty = json_bool("CohortPreparer", "allow_empty_cohort", allow_empty_cohort)
         self._progress_interval = float(progress_interval)
         self._flip_id = flip_id
+        self._prepare_lock = threading.Lock()
+        self._known_prepared: set[str] = set()
 
     # ------------------------------------------------------------------ NVFlare entry points
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        """At START_RUN, log a config problem early (the preparation task reports it to the hub)."""
+        """At START_RUN, make this preparer known to the runners and log a config problem early.
+
+        (The preparation task reports a config problem to the hub.)
+        """
         if event_type == EventType.START_RUN:
+            fl_ctx.set_prop(FlipProps.COHORT_PREPARER, self, private=True, sticky=True)
             try:
                 config_text("project_id", self._project_id, "CohortPreparer")
                 config_text("query", self._query, "CohortPreparer")
@@ -137,7 +157,8 @@ class CohortPreparer(Executor):
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         """Prepare the cohort; reply OK with a summary, or an execution exception with a sanitized reason."""
         try:
-            summary = self.prepare(fl_ctx, abort_signal)
+            with self._prepare_lock:
+                summary = self.prepare(fl_ctx, abort_signal)
         except PreparationError as exc:
             self.log_error(fl_ctx, f"Cohort preparation failed: {exc}", fire_event=False)
             return self._failure(fl_ctx, str(exc))
@@ -157,6 +178,54 @@ class CohortPreparer(Executor):
             code_roots=[p for p in [job_custom_dir(fl_ctx)] if p is not None],
         )
         return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={FlipHeaders.EXCEPTION: sanitizer.text(text)})
+
+    # ------------------------------------------------------------------ prepared or not
+
+    def is_prepared(self, fl_ctx: FLContext) -> bool:
+        """Whether this job's cohort is prepared at this site.
+
+        True when the job's run folder holds the manifest of a preparation that finished (not
+        stopped, no more missing accessions than ``max_missing_fraction`` allows, nothing released
+        yet) and its saved dataframe. Read from the files, so it holds across the client processes
+        of one job (NVFlare's simulator may run each task in a new one).
+        """
+        folder = prepared_dir(job_run_dir(fl_ctx))
+        if str(folder) in self._known_prepared:
+            return True
+        try:
+            manifest = CohortManifest.load(folder)
+        except (OSError, PreparedCohortError):
+            return False
+        summary = manifest.summary
+        if not summary or summary.get("stopped") or manifest.job_id != str(fl_ctx.get_job_id()):
+            return False
+        if manifest.cohort_file and not (folder / manifest.cohort_file).is_file():
+            return False
+        if any(entry.released for entry in manifest.images.values()):
+            return False
+        total, missing = summary.get("accessions"), summary.get("missing")
+        if isinstance(total, int) and isinstance(missing, int) and total > 0:
+            if missing / total > self._max_missing_fraction:
+                return False
+        self._known_prepared.add(str(folder))
+        return True
+
+    def ensure_prepared(self, fl_ctx: FLContext, abort_signal: Signal | None = None) -> dict[str, Any] | None:
+        """Prepare this job's cohort unless it already is.
+
+        Returns:
+            The preparation's summary (counts only), or ``None`` if the cohort was already prepared.
+
+        Raises:
+            PreparationError: The preparation failed or was stopped (the message is safe to send).
+        """
+        with self._prepare_lock:
+            if self.is_prepared(fl_ctx):
+                return None
+            summary = self.prepare(fl_ctx, abort_signal)
+            if summary.get("stopped"):
+                raise PreparationError("The cohort's preparation was stopped before it finished.")
+            return summary
 
     # ------------------------------------------------------------------ the preparation
 
@@ -327,6 +396,53 @@ class CohortPreparer(Executor):
         if any(not entry.released for entry in previous.images.values()):
             summary = release_images(previous, backend, folder)
             self.log_info(fl_ctx, f"Released an earlier preparation of this job: {summary.describe()}.")
+
+
+def prepare_before_task(
+    fl_ctx: FLContext, task_name: str, who: FLComponent, abort_signal: Signal | None = None
+) -> None:
+    """Make sure this site's cohort is prepared before ``task_name`` runs (the runners call it first).
+
+    A job without a CohortPreparer has nothing to prepare (its app fetches its own data). Otherwise
+    a site that has not prepared -- the server moved on before this site ran the preparation task
+    -- prepares now, and the task runs on the prepared cohort.
+
+    Args:
+        fl_ctx: The task's context.
+        task_name: The task about to run (for the messages).
+        who: The runner asking (its log gets the messages).
+        abort_signal: Stops the preparation when the task is aborted.
+
+    Raises:
+        PreparationError: The preparation was needed and failed: the task is refused, with a message
+            that says why and is safe to send to the hub.
+    """
+    preparer = fl_ctx.get_prop(FlipProps.COHORT_PREPARER)
+    if not isinstance(preparer, CohortPreparer) or preparer.is_prepared(fl_ctx):
+        return
+    who.log_warning(
+        fl_ctx,
+        f"Task {task_name!r} arrived before this site prepared its cohort (the server moved on without this "
+        "site's preparation): preparing it first.",
+        fire_event=False,
+    )
+    try:
+        summary = preparer.ensure_prepared(fl_ctx, abort_signal)
+    except PreparationError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        who.log_error(fl_ctx, f"Cohort preparation failed:\n{format_traceback(exc)}", fire_event=False)
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if summary is not None:
+            who.log_info(
+                fl_ctx, f"Cohort prepared before task {task_name!r}: {summary['ready']}/{summary['accessions']} ready."
+            )
+        return
+    raise PreparationError(
+        f"Task {task_name!r} refused: this site has not prepared its cohort for this job, and preparing it first "
+        f"failed ({reason}). It does not run on an unprepared cohort; see the client's log."
+    )
 
 
 def _is_expected_folder(claims: ImageClaims | None, accession: str, folder: str | None) -> bool:

@@ -10,6 +10,8 @@ an NVFlare-style executor: built with keyword arguments, called with
   config, and ``flip`` -- the job's backend -- if the constructor has such a parameter);
 - runs every call with the job's backend current, so ``FLIP()`` inside user code returns it, and
   ``prepared_cohort()`` finds this job's prepared cohort;
+- in a job with a CohortPreparer, prepares this site's cohort before a task if the site has not
+  (the server moved on without it), or refuses the task with a clear error if that fails;
 - passes the user's reply through; any exception becomes an execution-exception reply whose
   ``exception`` header is the sanitized traceback (the full one stays in the client's log);
 - strips a reply whose return code is not OK down to its headers (return code and sanitized
@@ -45,6 +47,7 @@ from flip_nvflare.client import using_backend, using_run_dir
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipHeaders, FlipTasks
 from flip_nvflare.core.base import FLIPBase
 from flip_nvflare.errors import FlipAppError, format_traceback
+from flip_nvflare.executors.cohort import prepare_before_task
 from flip_nvflare.executors.manifest import cohort_identifiers
 from flip_nvflare.executors.sanitize import DEFAULT_MAX_CHARS, Sanitizer
 from flip_nvflare.filters.percentile_privacy import withhold_payload
@@ -116,6 +119,7 @@ class _AppRunner(Executor):
         A reply whose return code is not OK keeps only its headers (see :func:`withhold_payload`).
         """
         try:
+            prepare_before_task(fl_ctx, task_name, self, abort_signal)  # never run on an unprepared cohort
             with self._user_context(fl_ctx) as backend:
                 instance = self._get_instance(fl_ctx, backend)
                 result = instance.execute(task_name, shareable, fl_ctx, abort_signal)

@@ -10,6 +10,9 @@ A FLIP app is the folder of user code that becomes a job's ``custom/`` folder. W
 
 The user's code is parsed, never imported or run: checking an app needs neither its
 dependencies nor trust in it.
+
+:func:`check_job` checks a job folder (``job create``'s or ``nvflare job create``'s): its app, and
+whether its ``min_clients`` leaves sites out of training (:func:`min_clients_warning`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ from flip_nvflare.jobs.templates import as_job_type
 
 CONFIG_FILE = "config.json"
 ROUNDS_RANGE = (1, 1000)
+#: Dev-data layout: ``<dev data>/<site>/cohort.csv`` and ``<dev data>/<site>/images/<accession>/``.
+DEV_COHORT = "cohort.csv"
+DEV_IMAGES = "images"
+#: A job folder's app and its configs (the layout ``job create`` and ``nvflare job create`` write).
+JOB_APP = "app"
+JOB_SERVER_CONFIG = "config_fed_server.json"
+JOB_CLIENT_CONFIG = "config_fed_client.json"
+#: How many site names a message lists before "and N more".
+NAMED_SITES = 8
 #: Names a model to evaluate may have (they become file names on the server).
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -300,3 +312,205 @@ def format_problems(app_dir: str | Path, job_type: str | JobType, problems: Sequ
     lines = [f"{app_dir} is not a valid FLIP {kind} app ({count}):"]
     lines += [f"  - {problem}" for problem in problems]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- sites and min_clients
+
+
+def name_sites(sites: Sequence[str]) -> str:
+    """``site-1, site-2, ...`` for a message: the first :data:`NAMED_SITES`, then how many more."""
+    shown = list(sites[:NAMED_SITES])
+    more = len(sites) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def min_clients_warning(min_clients: int, sites: Sequence[str] | int, *, training: bool = True) -> str | None:
+    """What is lost when ``min_clients`` is below the number of sites taking part; ``None`` when nothing is.
+
+    Args:
+        min_clients: The job's ``min_clients`` (0 or less: every site, nothing lost).
+        sites: The sites taking part (names, or only how many).
+        training: A training job (each round aggregates the first ``min_clients`` results); else an
+            evaluation job (only the preparation stops waiting early).
+    """
+    count = sites if isinstance(sites, int) else len(sites)
+    if min_clients <= 0 or min_clients >= count:
+        return None
+    which = "" if isinstance(sites, int) else f" ({name_sites(sites)})"
+    if training:
+        return (
+            f"min_clients is {min_clients} but {count} sites take part{which}: each round aggregates only the first "
+            f"{min_clients} results that arrive and the other sites' work is discarded, so some sites may never "
+            f"train and their trusts' metrics never reach the hub. Set min_clients to {count} to train on every site."
+        )
+    return (
+        f"min_clients is {min_clients} but {count} sites take part{which}: the run goes on once {min_clients} have "
+        "prepared their data; each of the others prepares before its first evaluation, or refuses it if it cannot. "
+        f"Set min_clients to {count} to wait for every site."
+    )
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders the numbers inside names by value (``site-2`` before ``site-10``)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def dev_data_sites(folder: str | Path) -> tuple[str, ...]:
+    """The sites of a dev-data folder: its sub-folders holding a ``cohort.csv``, in natural order."""
+    base = Path(folder)
+    if not base.is_dir():
+        return ()
+    names = [p.parent.name for p in base.glob(f"*/{DEV_COHORT}") if p.is_file()]
+    return tuple(sorted(names, key=natural_key))
+
+
+# ---------------------------------------------------------------------- job folders
+
+
+@dataclass(frozen=True)
+class JobCheck:
+    """What :func:`check_job` found in a job folder.
+
+    Attributes:
+        job_dir: The job folder.
+        job_type: Its job type (given, or read from its server workflows).
+        problems: What keeps it from running (its app's problems included).
+        warnings: What will lose work if it runs as it is (e.g. ``min_clients`` below the sites).
+        notes: What could not be checked, and why.
+        min_clients: The ``min_clients`` its workflows use, if one is set.
+        sites: The sites known to take part (``participating_clients``, or the dev data's site folders).
+    """
+
+    job_dir: Path
+    job_type: JobType
+    problems: list[AppProblem]
+    warnings: list[str]
+    notes: list[str]
+    min_clients: int | None
+    sites: tuple[str, ...] | None
+
+    @property
+    def app_dir(self) -> Path:
+        """The job's app code (what ``check_app`` checked)."""
+        return self.job_dir / JOB_APP / "custom"
+
+
+def is_job_dir(folder: str | Path) -> bool:
+    """Whether ``folder`` is an NVFlare job folder of the layout ``job create`` writes."""
+    base = Path(folder)
+    has_meta = any((base / f"meta{ext}").is_file() for ext in (".conf", ".json", ".yml"))
+    return has_meta and (base / JOB_APP / "config" / JOB_SERVER_CONFIG).is_file()
+
+
+def check_job(job_dir: str | Path, job_type: str | JobType | None = None, *, sites: int | None = None) -> JobCheck:
+    """Check a job folder: its app (as :func:`check_app`) and whether ``min_clients`` leaves sites out.
+
+    The sites taking part are ``participating_clients`` when the server config lists them, else the
+    site folders of the dev data its client config reads (``job create --dev-data``), else
+    ``sites`` (how many will run it); with none of them, the check is left to the job's start.
+
+    Args:
+        job_dir: The job folder.
+        job_type: The job type; default: read from the server config's workflows.
+        sites: How many sites will run the job (overrides what the configs say).
+    """
+    folder = Path(job_dir)
+    server, problems = _read_job_config(folder, JOB_SERVER_CONFIG)
+    client, client_problems = _read_job_config(folder, JOB_CLIENT_CONFIG)
+    problems += client_problems
+    kind = as_job_type(job_type) if job_type is not None else _job_type_of(server or {})
+    custom = folder / JOB_APP / "custom"
+    checkpoints = _checkpoint_dir_of(server or {}) if kind is JobType.EVALUATION else None
+    if kind is JobType.EVALUATION and checkpoints is None:
+        checkpoints = custom
+    problems += check_app(custom, kind, checkpoints_dir=checkpoints)
+    min_clients = _min_clients_of(server or {})
+    names = _participants_of(server or {}) or _dev_sites_of(client or {}) or None
+    count = sites if sites is not None else (len(names) if names else None)
+    warnings: list[str] = []
+    notes: list[str] = []
+    if min_clients is not None and count is not None:
+        if names and min_clients > len(names):
+            problems.append(
+                AppProblem(
+                    f"min_clients is {min_clients} but only {len(names)} sites take part ({name_sites(names)})",
+                    f"set min_clients to at most {len(names)}: the run can never start",
+                )
+            )
+        labelled: Sequence[str] | int = names if names and len(names) == count else count
+        warning = min_clients_warning(min_clients, labelled, training=kind is not JobType.EVALUATION)
+        if warning:
+            warnings.append(warning)
+    elif count is None:
+        notes.append(
+            "the sites that take part are not in the job (no participating_clients, no dev data): the server checks "
+            "min_clients against the connected sites when the job starts; pass --sites N to check now."
+        )
+    return JobCheck(folder, kind, problems, warnings, notes, min_clients, tuple(names) if names else None)
+
+
+def _read_job_config(folder: Path, name: str) -> tuple[dict[str, Any] | None, list[AppProblem]]:
+    path = folder / JOB_APP / "config" / name
+    if not path.is_file():
+        return None, [AppProblem(f"{JOB_APP}/config/{name} is missing", "point at a job folder made by job create")]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, [AppProblem(f"{JOB_APP}/config/{name} cannot be read ({type(exc).__name__})", "fix the file")]
+    if not isinstance(data, dict):
+        return None, [AppProblem(f"{JOB_APP}/config/{name} is not a JSON object", "fix the file")]
+    return data, []
+
+
+def _items(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = config.get(key)
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _job_type_of(server: dict[str, Any]) -> JobType:
+    paths = [str(item.get("path", "")) for item in (*_items(server, "workflows"), *_items(server, "components"))]
+    if any(p.endswith(("InitEvaluation", "GlobalModelEval")) for p in paths):
+        return JobType.EVALUATION
+    if any("fedopt" in p.lower() for p in paths):
+        return JobType.FED_OPT
+    return JobType.STANDARD
+
+
+def _resolve(server: dict[str, Any], value: object) -> object:
+    """A ``"{key}"`` reference replaced by the top-level key's value, as NVFlare does."""
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return server.get(value[1:-1])
+    return value
+
+
+def _min_clients_of(server: dict[str, Any]) -> int | None:
+    values = [_resolve(server, w.get("args", {}).get("min_clients")) for w in _items(server, "workflows")]
+    numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if numbers:
+        return min(numbers)
+    top = server.get("min_clients")
+    return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else None
+
+
+def _participants_of(server: dict[str, Any]) -> tuple[str, ...]:
+    value = server.get("participating_clients")
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(dict.fromkeys(value))
+    return ()
+
+
+def _dev_sites_of(client: dict[str, Any]) -> tuple[str, ...]:
+    marker = "/{SITE_NAME}/"
+    for component in _items(client, "components"):
+        dataframe = component.get("args", {}).get("dev_dataframe") if isinstance(component.get("args"), dict) else None
+        if isinstance(dataframe, str) and marker in dataframe:
+            return dev_data_sites(dataframe.split(marker, 1)[0])
+    return ()
+
+
+def _checkpoint_dir_of(server: dict[str, Any]) -> Path | None:
+    for component in _items(server, "components"):
+        args = component.get("args")
+        if isinstance(args, dict) and isinstance(args.get("checkpoint_dir"), str) and args["checkpoint_dir"]:
+            return Path(args["checkpoint_dir"])
+    return None

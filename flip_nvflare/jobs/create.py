@@ -11,7 +11,9 @@ app first, and fills in what the app and the options say:
   ``ignore_result_error`` and the aggregator's weights (as FLIP's hub does);
 - optional ``model_id``, ``min_clients``, ``project_id`` and ``query``;
 - dev data (``--dev-data DIR``): each site reads ``DIR/<site>/cohort.csv`` and
-  ``DIR/<site>/images/<accession_id>/`` (the site name is NVFlare's ``{SITE_NAME}``);
+  ``DIR/<site>/images/<accession_id>/`` (the site name is NVFlare's ``{SITE_NAME}``), and the
+  site folders found there are the job's ``participating_clients`` and, unless ``min_clients`` is
+  given, its ``min_clients`` (so every site trains every round);
 - evaluation: the checkpoints stay on the server. They are not copied into ``custom/`` (which is
   deployed to every client); the model locator reads them from the checkpoints folder.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,17 @@ from typing import Any
 from flip_nvflare.constants import FlipMode, JobType
 from flip_nvflare.core.base import check_model_id
 from flip_nvflare.errors import FlipConfigError, FlipError, FlipJobError
-from flip_nvflare.jobs.check import CONFIG_FILE, check_app, evaluation_checkpoints, format_problems
+from flip_nvflare.jobs.check import (
+    CONFIG_FILE,
+    DEV_COHORT,
+    DEV_IMAGES,
+    check_app,
+    dev_data_sites,
+    evaluation_checkpoints,
+    format_problems,
+    min_clients_warning,
+    name_sites,
+)
 from flip_nvflare.jobs.templates import TEMPLATE_NAMES, as_job_type, template_dir
 
 APP_NAME = "app"
@@ -41,9 +53,6 @@ MODEL_LOCATOR_ID = "model_locator"
 AGGREGATOR_ID = "aggregator"
 #: Files and folders of an app folder that never go into a job.
 IGNORED_NAMES = ("__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".DS_Store")
-#: Dev-data layout: ``<dev data>/<site>/cohort.csv`` and ``<dev data>/<site>/images/<accession>/``.
-DEV_COHORT = "cohort.csv"
-DEV_IMAGES = "images"
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,9 @@ class JobRequest:
         model_id: The model's id on the hub (a UUID); default: the template's.
         project_id: The project's encrypted id for the clients; default: the template's.
         query: The cohort query; default: the template's.
-        min_clients: Clients needed to run; default: the template's (2).
+        min_clients: Clients needed to run. Default: with ``dev_data``, the number of site folders
+            there (every site trains every round); otherwise the template's (2). In prod, FLIP's
+            hub writes its own ``min_clients`` when it deploys the job.
         force: Replace an existing job folder.
     """
 
@@ -79,8 +90,42 @@ class JobRequest:
     force: bool = False
 
 
+@dataclass(frozen=True)
+class CreatedJob:
+    """A job folder :func:`build_job` wrote, and what it decided on the way.
+
+    Attributes:
+        job_dir: The job folder.
+        min_clients: The job's ``min_clients`` (server config and ``meta.conf``).
+        sites: The sites that take part (``participating_clients``), when known: the site folders
+            of the dev data. ``None`` means every client that connects (prod: FLIP's hub decides).
+        notes: What was filled in and why, one sentence each (``job create`` prints them).
+        warnings: Settings that will lose work, e.g. ``min_clients`` below the number of sites.
+    """
+
+    job_dir: Path
+    min_clients: int
+    sites: tuple[str, ...] | None
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
 def create_job(request: JobRequest) -> Path:
-    """Create the job folder described by ``request`` and return it.
+    """Create the job folder described by ``request`` and return it (see :func:`build_job`).
+
+    Raises:
+        FlipJobError: The app is not valid for the job type (every problem is listed), an option
+            is wrong, or the job folder exists (and ``force`` is not set).
+    """
+    return build_job(request).job_dir
+
+
+def build_job(request: JobRequest) -> CreatedJob:
+    """Create the job folder described by ``request``; also say what was decided and what to watch.
+
+    With dev data, the site folders found there become the job's ``participating_clients`` and,
+    unless ``request.min_clients`` is set, its ``min_clients``. A ``min_clients`` below the number
+    of sites is allowed but warned about: each round would aggregate only the first results.
 
     Raises:
         FlipJobError: The app is not valid for the job type (every problem is listed), an option
@@ -92,7 +137,7 @@ def create_job(request: JobRequest) -> Path:
     problems = check_app(app_dir, job_type, checkpoints_dir=checkpoints)
     if problems:
         raise FlipJobError(format_problems(app_dir, job_type, problems))
-    _check_options(request)
+    sites = _check_options(request)
     template = template_dir(job_type)
     job_dir = _prepare_job_dir(Path(request.job_dir), request.force, app_dir)
 
@@ -101,6 +146,7 @@ def create_job(request: JobRequest) -> Path:
     app_config = _load_json(app_dir / CONFIG_FILE)
     _fill_server(server, request, job_type, app_config, checkpoints)
     _fill_client(client, request)
+    min_clients = _fill_sites(server, request, sites)
 
     config_dir = job_dir / APP_NAME / "config"
     custom_dir = job_dir / APP_NAME / "custom"
@@ -111,23 +157,32 @@ def create_job(request: JobRequest) -> Path:
     _write_json(config_dir / CLIENT_CONFIG, client)
     meta = _load_meta(template)
     meta["name"] = job_dir.name
-    if request.min_clients is not None:
-        meta["min_clients"] = request.min_clients
+    meta["min_clients"] = min_clients
     _write_json(job_dir / META_CONF, meta)
-    return job_dir
+    warning = min_clients_warning(min_clients, sites, training=job_type is not JobType.EVALUATION) if sites else None
+    return CreatedJob(
+        job_dir=job_dir,
+        min_clients=min_clients,
+        sites=sites,
+        notes=tuple(_site_notes(request, sites, min_clients)),
+        warnings=(warning,) if warning else (),
+    )
 
 
 # ---------------------------------------------------------------------- options
 
 
-def _check_options(request: JobRequest) -> None:
+def _check_options(request: JobRequest) -> tuple[str, ...] | None:
+    """Check the options; return the dev data's sites (``None`` without dev data)."""
     problems: list[str] = []
     mode = FlipMode(request.mode)
+    sites: tuple[str, ...] | None = None
     if request.dev_data is not None:
         if mode is not FlipMode.DEV:
             problems.append("--dev-data only applies to dev mode; drop it or use --mode dev.")
         else:
             problems.extend(_dev_data_problems(Path(request.dev_data)))
+            sites = dev_data_sites(Path(request.dev_data)) or None
     if request.model_id is not None:
         try:
             check_model_id(request.model_id)
@@ -137,11 +192,17 @@ def _check_options(request: JobRequest) -> None:
         isinstance(request.min_clients, bool) or not isinstance(request.min_clients, int) or request.min_clients < 1
     ):
         problems.append(f"min_clients must be an integer >= 1, got {request.min_clients!r}.")
+    elif request.min_clients is not None and sites and request.min_clients > len(sites):
+        problems.append(
+            f"--min-clients {request.min_clients} is more than the {len(sites)} site(s) in --dev-data "
+            f"({name_sites(sites)}): the run could never start; use at most {len(sites)} or add site folders."
+        )
     for name, value in (("project_id", request.project_id), ("query", request.query)):
         if value is not None and not str(value).strip():
             problems.append(f"{name} must not be empty.")
     if problems:
         raise FlipJobError("Cannot create the job:\n" + "\n".join(f"  - {p}" for p in problems))
+    return sites
 
 
 def _dev_data_problems(folder: Path) -> list[str]:
@@ -180,8 +241,6 @@ def _fill_server(
     server["flip_mode"] = FlipMode(request.mode).value
     if request.model_id is not None:
         server["model_id"] = check_model_id(request.model_id)
-    if request.min_clients is not None:
-        server["min_clients"] = request.min_clients
     if job_type is JobType.EVALUATION:
         _component_args(server, MODEL_LOCATOR_ID)["checkpoint_dir"] = str(checkpoints)
         return
@@ -204,6 +263,46 @@ def _fill_client(client: dict[str, Any], request: JobRequest) -> None:
         args = _component_args(client, FLIP_COMPONENT_ID)
         args["dev_dataframe"] = f"{root}/{{SITE_NAME}}/{DEV_COHORT}"
         args["dev_images_dir"] = f"{root}/{{SITE_NAME}}/{DEV_IMAGES}"
+
+
+def _fill_sites(server: dict[str, Any], request: JobRequest, sites: Sequence[str] | None) -> int:
+    """Set ``participating_clients`` and ``min_clients`` from the dev sites and options; return ``min_clients``."""
+    if sites:
+        server["participating_clients"] = list(sites)
+    if request.min_clients is not None:
+        server["min_clients"] = request.min_clients
+    elif sites:
+        server["min_clients"] = len(sites)
+    value = server.get("min_clients")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FlipConfigError(f"The job template's min_clients is {value!r}, not an integer; reinstall flip-nvflare.")
+    return value
+
+
+def _site_notes(request: JobRequest, sites: Sequence[str] | None, min_clients: int) -> list[str]:
+    """Where ``min_clients`` and the participating sites came from, for people."""
+    mode = FlipMode(request.mode)
+    if sites:
+        where = f"the {len(sites)} site folder(s) in {Path(request.dev_data or '.').resolve()}"
+        taking_part = f"participating_clients: {name_sites(sites)} (from {where})"
+        if request.min_clients is None:
+            return [
+                f"{taking_part}; min_clients {min_clients}, one per site, so every site trains every round "
+                "(--min-clients overrides it). Run the simulator with these names, e.g. -n "
+                f"{len(sites)} for site-1..site-{len(sites)}."
+            ]
+        return [f"{taking_part}; min_clients {min_clients} (from --min-clients)."]
+    origin = "from --min-clients" if request.min_clients is not None else "the template's"
+    if mode is FlipMode.PROD:
+        return [
+            f"min_clients {min_clients} ({origin}). In prod, FLIP's hub writes min_clients and "
+            "participating_clients (top-level keys) when it deploys the job."
+        ]
+    return [
+        f"min_clients {min_clients} ({origin}); every client that connects takes part. Run exactly "
+        f"{min_clients} client(s), or set --min-clients to the number you run: a round aggregates only the "
+        "first min_clients results."
+    ]
 
 
 def _component_args(config: dict[str, Any], component_id: str) -> dict[str, Any]:
