@@ -396,14 +396,7 @@ class FLIPStandardProd(FLIPBase):
     ) -> None:
         """Record a client's exception text in flip-api's logs for the model."""
         model_id, body = exception_log_body(formatted_exception, client_name, model_id, trust_name)
-        self._request(
-            "flip-api",
-            "POST",
-            "/model/{model_id}/logs",
-            path_params={"model_id": model_id},
-            json_body=body,
-            idempotent_write=True,
-        )
+        self._post_log(model_id, body)
 
     def send_progress_event(
         self,
@@ -421,6 +414,10 @@ class FLIPStandardProd(FLIPBase):
         model_id, body = progress_event_body(model_id, event_type, global_round, details, client_name)
         if self.hub_settings().hub_api is not HubApi.H2:
             raise FlipConfigError("Typed progress events need an H2 hub (set FLIP_HUB_API=h2).")
+        self._post_log(model_id, body)
+
+    def _post_log(self, model_id: str, body: dict[str, Any]) -> None:
+        """One entry of the model's logs at flip-api (an exception text, or an H2 progress event)."""
         self._request(
             "flip-api",
             "POST",

@@ -33,10 +33,11 @@ ROUNDS_RANGE = (1, 1000)
 #: Dev-data layout: ``<dev data>/<site>/cohort.csv`` and ``<dev data>/<site>/images/<accession>/``.
 DEV_COHORT = "cohort.csv"
 DEV_IMAGES = "images"
-#: A job folder's app and its configs (the layout ``job create`` and ``nvflare job create`` write).
+#: A job folder's app, its configs and its meta (the layout ``job create`` and ``nvflare job create`` write).
 JOB_APP = "app"
 JOB_SERVER_CONFIG = "config_fed_server.json"
 JOB_CLIENT_CONFIG = "config_fed_client.json"
+JOB_META = "meta.conf"
 #: How many site names a message lists before "and N more".
 NAMED_SITES = 8
 #: Names a model to evaluate may have (they become file names on the server).

@@ -34,6 +34,10 @@ from flip_nvflare.jobs.check import (
     CONFIG_FILE,
     DEV_COHORT,
     DEV_IMAGES,
+    JOB_APP,
+    JOB_CLIENT_CONFIG,
+    JOB_META,
+    JOB_SERVER_CONFIG,
     check_app,
     dev_data_sites,
     evaluation_checkpoints,
@@ -43,10 +47,6 @@ from flip_nvflare.jobs.check import (
 )
 from flip_nvflare.jobs.templates import TEMPLATE_NAMES, as_job_type, template_dir
 
-APP_NAME = "app"
-SERVER_CONFIG = "config_fed_server.json"
-CLIENT_CONFIG = "config_fed_client.json"
-META_CONF = "meta.conf"
 #: Component ids the templates use (and this module edits).
 FLIP_COMPONENT_ID = "flip"
 MODEL_LOCATOR_ID = "model_locator"
@@ -141,24 +141,24 @@ def build_job(request: JobRequest) -> CreatedJob:
     template = template_dir(job_type)
     job_dir = _prepare_job_dir(Path(request.job_dir), request.force, app_dir)
 
-    server = _load_json(template / SERVER_CONFIG)
-    client = _load_json(template / CLIENT_CONFIG)
+    server = _load_json(template / JOB_SERVER_CONFIG)
+    client = _load_json(template / JOB_CLIENT_CONFIG)
     app_config = _load_json(app_dir / CONFIG_FILE)
     _fill_server(server, request, job_type, app_config, checkpoints)
     _fill_client(client, request)
     min_clients = _fill_sites(server, request, sites)
 
-    config_dir = job_dir / APP_NAME / "config"
-    custom_dir = job_dir / APP_NAME / "custom"
+    config_dir = job_dir / JOB_APP / "config"
+    custom_dir = job_dir / JOB_APP / "custom"
     config_dir.mkdir(parents=True)
     skipped = set(evaluation_checkpoints(app_dir).values()) if job_type is JobType.EVALUATION else set()
     _copy_app(app_dir, custom_dir, skipped)
-    _write_json(config_dir / SERVER_CONFIG, server)
-    _write_json(config_dir / CLIENT_CONFIG, client)
+    _write_json(config_dir / JOB_SERVER_CONFIG, server)
+    _write_json(config_dir / JOB_CLIENT_CONFIG, client)
     meta = _load_meta(template)
     meta["name"] = job_dir.name
     meta["min_clients"] = min_clients
-    _write_json(job_dir / META_CONF, meta)
+    _write_json(job_dir / JOB_META, meta)
     warning = min_clients_warning(min_clients, sites, training=job_type is not JobType.EVALUATION) if sites else None
     return CreatedJob(
         job_dir=job_dir,
@@ -359,7 +359,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 def _load_meta(template: Path) -> dict[str, Any]:
     from pyhocon import ConfigFactory  # NVFlare's own config reader
 
-    meta = ConfigFactory.parse_file(str(template / META_CONF))
+    meta = ConfigFactory.parse_file(str(template / JOB_META))
     plain: dict[str, Any] = json.loads(json.dumps(meta.as_plain_ordered_dict()))
     return plain
 
