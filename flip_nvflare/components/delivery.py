@@ -8,7 +8,9 @@ backend:
   barrier: everything submitted before it is finished first, and nothing submitted after it starts
   until it is delivered, so statuses reach the hub strictly in order. *Unordered* items (metrics,
   exception logs) between two barriers go out concurrently over up to ``concurrency`` connections,
-  which is what lets a slow hub keep up with a busy run.
+  which is what lets a slow hub keep up with a busy run; items of one *series* (one trust's values
+  of one metric) still go one at a time, in order, so a curve reaches the hub in round order even
+  when some of its points had to wait out an outage.
 * **Outages.** A hub that cannot be reached or answers 429/502/503/504 is retried with backoff for
   as long as the run lasts, so a hub that is down for a while costs nothing. Any other 5xx answer
   (or an unexpected error) is retried a few times. A refusal (4xx, bad settings) is final: the
@@ -80,6 +82,9 @@ class HubCall:
         what: Short description for logs. Must never hold patient data or keys.
         ordered: A barrier: delivered alone, after everything before it (statuses).
         droppable: May be dropped when the queue is full (metrics, progress events).
+        series: Calls of one series (e.g. one trust's values of one metric) are delivered one at a
+            time, in the order submitted, while other series go on concurrently; a retried call
+            holds back the later calls of its series, never those of others.
         key: The call's idempotency key, sent on every attempt, so a hub that honours it records
             the call once even when an answer was lost and the call retried.
     """
@@ -89,6 +94,7 @@ class HubCall:
     what: str
     ordered: bool = False
     droppable: bool = False
+    series: str | None = None
     key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -185,6 +191,8 @@ class HubDelivery:
         self._idle.set()
         self._in_flight = 0  # unordered calls handed to workers and not finished
         self._work: deque[HubCall] = deque()  # unordered calls waiting for a worker
+        self._series_busy: set[str] = set()  # series with a call handed to a worker
+        self._series_waiting: dict[str, deque[HubCall]] = {}  # later calls of a busy series, in order
         self._report = DeliveryReport()
         self._rejections_logged = 0
         self._threads: list[threading.Thread] = []
@@ -269,8 +277,11 @@ class HubDelivery:
             if not self._stop.is_set():
                 self._stop.set()
                 abandoned = list(self._queue) + list(self._work)
+                for waiting in self._series_waiting.values():
+                    abandoned.extend(waiting)
                 self._queue.clear()
                 self._work.clear()
+                self._series_waiting.clear()
                 for call in abandoned:
                     self._finish(call, "undelivered")
                 self._cond.notify_all()
@@ -312,6 +323,11 @@ class HubDelivery:
                     self._finish(call, "undelivered")
                     return
                 if not call.ordered:
+                    if call.series is not None and call.series in self._series_busy:
+                        self._series_waiting.setdefault(call.series, deque()).append(call)
+                        continue
+                    if call.series is not None:
+                        self._series_busy.add(call.series)
                     self._in_flight += 1
                     self._work.append(call)
                     self._cond.notify_all()
@@ -331,7 +347,22 @@ class HubDelivery:
             finally:
                 with self._cond:
                     self._in_flight -= 1
+                    self._next_of_series(call)
                     self._cond.notify_all()
+
+    def _next_of_series(self, done: HubCall) -> None:
+        """Hand the next waiting call of ``done``'s series to the workers, or free the series (lock held)."""
+        if done.series is None:
+            return
+        waiting = self._series_waiting.get(done.series)
+        if waiting and not self._stop.is_set():
+            self._in_flight += 1
+            self._work.append(waiting.popleft())
+            if not waiting:
+                del self._series_waiting[done.series]
+        else:
+            self._series_busy.discard(done.series)
+            self._series_waiting.pop(done.series, None)
 
     def _deliver(self, call: HubCall) -> None:
         """Make the call, retrying as the policy says; record how it ended."""

@@ -313,7 +313,11 @@ class HubSession:
         x_value: float | None = None,
         x_label: str | None = None,
     ) -> bool:
-        """Queue one metric of one client (unordered, droppable when the queue is full)."""
+        """Queue one metric of one client (droppable when the queue is full).
+
+        Metrics go out concurrently, except that the values of one series (a trust and a label)
+        are delivered one at a time in the order they were queued.
+        """
         model_id = self.model_id
         trust = self.trust_names(client_name)
         self.journal.metric_forwarded(client_name, label)
@@ -332,6 +336,7 @@ class HubSession:
                 ),
                 what=f"metric {label!r} of {client_name} (round {round_})",
                 droppable=True,
+                series=f"metric\x1f{trust}\x1f{label}",
             )
         )
 

@@ -270,3 +270,61 @@ def test_a_retry_after_longer_than_the_backoff_is_honoured() -> None:
     report = close_on(clock, delivery)
     assert report.delivered == {"metric": 1}
     assert 0.04 in clock.requested  # FAST's first backoff is 0.01 s: the hub's 0.04 s was used instead
+
+
+def series_metric(series: str, n: int) -> HubCall:
+    def send(b: FLIPBase) -> object:
+        return b.send_metrics("site-1", "m", f"{series}{n}", float(n), n)
+
+    return HubCall("metric", send, f"metric {series}{n}", droppable=True, series=series)
+
+
+def test_a_series_stays_in_order_through_an_outage_while_other_series_go_on() -> None:
+    """The first point of series A meets an outage: A's later points wait for it; B's do not wait for A."""
+    clock = FakeClock()
+    tries: dict[str, int] = {}
+
+    def fail(method: str, args: tuple[Any, ...]) -> None:
+        label = args[0]
+        tries[label] = tries.get(label, 0) + 1
+        if label == "A0" and tries[label] <= 4:
+            raise FlipServiceUnavailable("flip-api", "POST", "/metrics", 503)
+
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=4, retry=FAST, clock=clock)
+    for n in range(3):
+        delivery.submit(series_metric("A", n))
+        delivery.submit(series_metric("B", n))
+    report = close_on(clock, delivery)
+    order = sent(hub, "metric")
+    assert report.delivered == {"metric": 6}
+    assert [label for label in order if label.startswith("A")] == ["A0", "A1", "A2"]
+    assert [label for label in order if label.startswith("B")] == ["B0", "B1", "B2"]
+    assert order.index("B2") < order.index("A0")  # B was not held back by A's outage
+    assert tries["A0"] == 5 and all(tries[f"A{n}"] == 1 for n in (1, 2))
+
+
+def test_calls_of_a_series_never_overlap_and_calls_without_one_still_run_together() -> None:
+    clock = FakeClock()
+    hub = RecordingHub(latency=0.01, clock=clock)
+    delivery = HubDelivery(hub, concurrency=4, retry=FAST, clock=clock)
+    for n in range(4):
+        delivery.submit(series_metric("A", n))
+    step_calls(clock, hub, [1, 1, 1, 1])  # one at a time, though four workers are free
+    for n in range(4):
+        delivery.submit(metric(n))
+    step_calls(clock, hub, [4])
+    assert close_on(clock, delivery).delivered == {"metric": 8}
+    assert sent(hub, "metric")[:4] == ["A0", "A1", "A2", "A3"]
+
+
+def test_close_counts_waiting_series_calls_as_undelivered() -> None:
+    clock = FakeClock()
+    hub = RecordingHub(fail=outage, clock=clock)
+    delivery = HubDelivery(hub, concurrency=2, retry=FAST, clock=clock)
+    for n in range(3):
+        delivery.submit(series_metric("A", n))
+    clock.wait_for_blocked(1)  # A0 is waiting out its first retry delay; A1 and A2 wait behind it
+    report = delivery.close(0.0)
+    assert report.delivered == {} and report.undelivered["metric"] == 2
+    assert report.undelivered["in flight"] == 1
