@@ -97,6 +97,11 @@ class HubCall:
     series: str | None = None
     key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
+    @property
+    def name(self) -> str:
+        """What the call is, for reports: its kind and series (``metric Trust_1/LOSS``); never values."""
+        return f"{self.kind} {self.series}" if self.series else self.kind
+
 
 def default_delivery_retry() -> RetryPolicy:
     """HubDelivery's default retry policy: 0.5 s doubling to 10 s, 5 attempts for errors.
@@ -118,6 +123,9 @@ class DeliveryReport:
         rejected: Calls the hub (or the backend's checks) refused for good.
         dropped: Droppable calls not queued because the queue was full.
         undelivered: Calls still pending or in flight when delivery stopped.
+        missed: Calls that did not reach the hub (rejected, dropped or undelivered), by what they
+            were: ``"<kind> <series>"`` (e.g. ``metric Trust_1/val_loss``) or the kind alone. Names
+            only, never values.
     """
 
     submitted: Counter[str] = field(default_factory=Counter)
@@ -125,11 +133,13 @@ class DeliveryReport:
     rejected: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     undelivered: Counter[str] = field(default_factory=Counter)
+    missed: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         """The counts as plain dicts (for a JSON run summary)."""
         return {
-            name: dict(getattr(self, name)) for name in ("submitted", "delivered", "rejected", "dropped", "undelivered")
+            name: dict(getattr(self, name))
+            for name in ("submitted", "delivered", "rejected", "dropped", "undelivered", "missed")
         }
 
     def copy(self) -> DeliveryReport:
@@ -140,6 +150,7 @@ class DeliveryReport:
             Counter(self.rejected),
             Counter(self.dropped),
             Counter(self.undelivered),
+            Counter(self.missed),
         )
 
 
@@ -215,6 +226,7 @@ class HubDelivery:
                 late = False
                 if call.droppable and self._pending_droppable >= self._max_pending:
                     self._report.dropped[call.kind] += 1
+                    self._report.missed[call.name] += 1
                     dropped_total = sum(self._report.dropped.values())
                     if dropped_total == 1 or dropped_total % 1000 == 0:
                         logger.warning(
@@ -247,6 +259,12 @@ class HubDelivery:
         """Calls submitted and not yet finished."""
         with self._cond:
             return self._unfinished
+
+    def pending_by_name(self) -> Counter[str]:
+        """Calls queued and not yet handed to a sender, by :attr:`HubCall.name` (in flight ones aside)."""
+        with self._cond:
+            waiting = [*self._queue, *self._work, *(c for q in self._series_waiting.values() for c in q)]
+        return Counter(call.name for call in waiting)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted call is finished; False if ``timeout`` seconds passed first."""
@@ -416,6 +434,8 @@ class HubDelivery:
         """Record the end of a call (lock held)."""
         counter: Counter[str] = getattr(self._report, outcome)
         counter[call.kind] += 1
+        if outcome != "delivered":
+            self._report.missed[call.name] += 1
         self._unfinished -= 1
         if not self._unfinished:
             self._idle.set()
@@ -436,6 +456,8 @@ def summarise(report: DeliveryReport) -> str:
         parts.append(f"{report.dropped.total()} dropped because the queue was full ({_by_kind(report.dropped)})")
     if report.undelivered.total():
         parts.append(f"{report.undelivered.total()} NOT delivered ({_by_kind(report.undelivered)})")
+    if report.missed:
+        parts.append(f"missing from the hub: {_by_kind(report.missed)}")
     return "; ".join(parts)
 
 

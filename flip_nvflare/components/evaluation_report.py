@@ -3,8 +3,8 @@
 For every evaluation result the evaluation workflow receives (NVFlare's GlobalModelEval or
 CrossSiteModelEval fire VALIDATION_RESULT_RECEIVED), the reporter:
 
-- sends each finite scalar metric to the hub as ``<model>/<metric>`` for that client's trust, at
-  round 0 (through the job's hub session: ordered, retried, never blocking the run);
+- sends each finite scalar metric to the hub as ``<model>/<metric>`` for that client's trust (a
+  nested group, as FLIP's evaluators return them, as ``<model>/<group>/<metric>``), at round 0 (through the job's hub session: ordered, retried, never blocking the run);
 - records a failed result (any return code but OK, or a result that is not a metrics DXO) in
   ``<run folder>/<results_dir>/evaluation_failures.json``.
 
@@ -54,6 +54,8 @@ _SERVER_PREFIX = "SRV_"
 _DATA_KINDS = frozenset(str(kind.value) for kind in DataKind)
 #: Cap on a sanitized metric name.
 _MAX_NAME = 200
+#: Levels of nested metric groups followed (deeper ones are not sent).
+_MAX_DEPTH = 3
 
 
 class EvaluationReporter(HubWidget):
@@ -163,12 +165,22 @@ def _metrics(result: object) -> tuple[dict[str, float] | None, str]:
         kind = str(getattr(dxo.data_kind, "value", dxo.data_kind))
         shown = kind if kind in _DATA_KINDS else "of a data kind NVFlare does not define"
         return None, f"the result is {shown}, not METRICS"
+    return flat_metrics(dxo.data), ""
+
+
+def flat_metrics(data: dict[Any, Any], prefix: str = "", depth: int = 0) -> dict[str, float]:
+    """The finite scalar metrics of ``data``; nested groups (FLIP's ``{"spleen": {"dice": ...}}``) as ``a/b``."""
     metrics: dict[str, float] = {}
-    for name, value in dxo.data.items():
+    for name, value in data.items():
+        label = f"{prefix}{name}"
+        if isinstance(value, dict):
+            if depth < _MAX_DEPTH:
+                metrics.update(flat_metrics(value, f"{label}/", depth + 1))
+            continue
         number = _finite(value)
         if number is not None:
-            metrics[str(name)] = number
-    return metrics, ""
+            metrics[label] = number
+    return metrics
 
 
 def _finite(value: Any) -> float | None:

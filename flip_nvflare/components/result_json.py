@@ -31,7 +31,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from flip_nvflare.components.widget import peer_name
-from flip_nvflare.constants import FlipTasks
+from flip_nvflare.constants import FlipCookies, FlipTasks
 from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.executors.sanitize import hub_return_code, sanitize_hub_text
 from flip_nvflare.workspace import job_run_dir, write_atomically
@@ -169,7 +169,9 @@ class EvaluationJsonGenerator(ResultsJsonGenerator):
     Reads NVFlare's evaluation workflows (GlobalModelEval, CrossSiteModelEval) and the results of
     evaluation tasks sent by any other controller.
 
-    A direct evaluation task result that is a METRICS DXO is recorded under the model named by
+    Results of :class:`~flip_nvflare.controllers.EvaluateModels` arrive per model through
+    VALIDATION_RESULT_RECEIVED; its task results themselves are skipped. Any other direct
+    evaluation task result that is a METRICS DXO is recorded under the model named by
     its ``model_owner`` cookie, else ``model_name``; a COLLECTION DXO records each entry under its
     own name (one per model evaluated).
 
@@ -206,6 +208,8 @@ class EvaluationJsonGenerator(ResultsJsonGenerator):
         client = peer_name(fl_ctx)
         if client is None:
             return
+        if isinstance(result, Shareable) and result.get_cookie(FlipCookies.EVALUATED_MODELS, None) is not None:
+            return  # EvaluateModels reports each model's result through VALIDATION_RESULT_RECEIVED
         if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) == ReturnCode.OK:
             try:
                 dxo = from_shareable(result)

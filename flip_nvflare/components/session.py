@@ -336,7 +336,7 @@ class HubSession:
                 ),
                 what=f"metric {label!r} of {client_name} (round {round_})",
                 droppable=True,
-                series=f"metric\x1f{trust}\x1f{label}",
+                series=f"{trust}/{label}",
             )
         )
 
@@ -374,12 +374,25 @@ class HubSession:
     def summary(self) -> dict[str, Any]:
         """The run summary: journal, delivery counts, trust names."""
         journal = self.journal.summary()
-        report = self._final_report or self.delivery.report()
+        final = self._final_report
+        report = final or self.delivery.report()
+        delivery: dict[str, Any] = {**report.as_dict(), "pending": self.delivery.pending}
+        if final is None:
+            # The summary goes into the results zip, which is made before the run's last hub calls
+            # (the final status among them) are delivered: these figures are not the last word.
+            delivery["provisional"] = True
+            delivery["note"] = (
+                "written before the final delivery to the hub; the final figures, with anything not "
+                "delivered listed by kind and series, are in the FL server's log at the end of the run"
+            )
+            delivery["pending_by_series"] = dict(self.delivery.pending_by_name())
+        else:
+            delivery["provisional"] = False
         return {
             "model_id": self.model_id,
             "flip_mode": self.flip_mode,
             "hub_api": self.hub_api.value if self.hub_api else None,
             **journal,
             "trusts": self.trust_names.as_dict(journal["clients"]),
-            "hub_delivery": {**report.as_dict(), "pending": self.delivery.pending},
+            "hub_delivery": delivery,
         }

@@ -328,3 +328,21 @@ def test_close_counts_waiting_series_calls_as_undelivered() -> None:
     report = delivery.close(0.0)
     assert report.delivered == {} and report.undelivered["metric"] == 2
     assert report.undelivered["in flight"] == 1
+
+
+def test_what_did_not_reach_the_hub_is_listed_by_kind_and_series_never_values() -> None:
+    clock = FakeClock()
+
+    def fail(method: str, args: tuple[Any, ...]) -> None:
+        if args[0] == "A1":
+            raise FlipRequestRejected("flip-api", "POST", "/metrics", 400, "trust not linked")
+
+    hub = RecordingHub(fail=fail, clock=clock)
+    delivery = HubDelivery(hub, concurrency=2, max_pending=2, retry=FAST, clock=clock)
+    delivery.submit(series_metric("A", 1))  # refused by the hub
+    delivery.submit(series_metric("A", 2))
+    delivery.submit(status("PREPARED"))
+    report = close_on(clock, delivery)
+    assert report.missed == {"metric A": 1}
+    line = summarise(report)
+    assert "missing from the hub: 1 metric A" in line and "1.0" not in line.split("missing")[1]

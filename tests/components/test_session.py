@@ -144,3 +144,25 @@ def test_the_last_release_gives_up_at_the_drain_deadline_and_still_closes_the_ba
     report = releasing.result()
     assert report is not None and report.delivered == {} and report.undelivered.total() == 1
     assert hub.closed and session.closed and hub.calls == []
+
+
+def test_the_summary_says_when_its_delivery_figures_are_provisional() -> None:
+    from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
+    from tests.components.fakes import RecordingHub
+
+    session = HubSession(
+        RecordingHub(),
+        model_id="3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        trust_names=TrustNames(),
+        hub_api=None,
+        settings=SessionSettings(concurrency=1, drain_timeout=10.0),
+        flip_mode="dev",
+    )
+    session.hold("test")
+    session.send_metric("site-1", "LOSS", 0.5, 0)
+    before = session.summary()["hub_delivery"]
+    assert before["provisional"] is True and "final figures" in before["note"]
+    assert set(before["pending_by_series"]) <= {"metric Trust_1/LOSS"}
+    session.release("test")
+    after = session.summary()["hub_delivery"]
+    assert after["provisional"] is False and after["delivered"] == {"metric": 1} and after["missed"] == {}
