@@ -16,7 +16,6 @@ time, and read what the services received. Who may call them:
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import asdict, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from flip_emulator.config import EmulatorConfigError, check_model_id
 from flip_emulator.faults import PATTERNS, FaultSpec, check_pattern
 from flip_emulator.state import ADMIN_KEY_HEADER, Emulator, RuntimeSettings
 from flip_nvflare.constants import HubApi
+from flip_nvflare.core.settings import is_loopback_host
 
 
 class ModelRegistration(BaseModel):
@@ -112,14 +112,9 @@ def list_results(emulator: Emulator, model_id: str) -> list[str]:
 _LOCAL_NAMES = frozenset({"localhost"})
 
 
-def _is_loopback_address(text: str) -> bool:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+def _is_loopback_ip(text: str) -> bool:
+    """A loopback address (not a name: ``localhost`` is checked apart, as a Host header's name)."""
+    return text.lower() != "localhost" and is_loopback_host(text)
 
 
 def _split_host(authority: str, default_port: int) -> tuple[str, int] | None:
@@ -143,7 +138,7 @@ def _split_host(authority: str, default_port: int) -> tuple[str, int] | None:
 
 
 def _names_this_emulator(host: str, port: int, own_port: int) -> bool:
-    return port == own_port and (host in _LOCAL_NAMES or _is_loopback_address(host))
+    return port == own_port and (host in _LOCAL_NAMES or _is_loopback_ip(host))
 
 
 def local_admin_problem(
@@ -164,7 +159,7 @@ def local_admin_problem(
         f"Admin routes without {ADMIN_KEY_HEADER} answer only this machine: connect to 127.0.0.1, [::1] or "
         f"localhost on port {port} and name it so in Host; or start the emulator with --admin-key and send it."
     )
-    if client_host is None or not _is_loopback_address(client_host):
+    if client_host is None or not _is_loopback_ip(client_host):
         return f"Refused: the client is not on this machine. {hint}"
     parsed = _split_host(host_header.strip(), 80) if host_header else None
     if parsed is None or not _names_this_emulator(*parsed, port):

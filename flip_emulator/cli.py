@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from flip_emulator.config import (
     parse_model_option,
 )
 from flip_nvflare.constants import HubApi
+from flip_nvflare.core.settings import is_loopback_host
 
 _EPILOG = """\
 examples:
@@ -282,15 +282,6 @@ def banner(server: object, out: TextIO) -> None:
     out.flush()
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def exposure_warnings(server: object) -> list[str]:
     """Warnings about what the running emulator exposes, and to whom (printed to stderr at start).
 
@@ -318,7 +309,7 @@ def exposure_warnings(server: object) -> list[str]:
             "(/admin/records, /admin/requests, /admin/cohort-queries, /admin/downloads, /admin/uploads) are open "
             f"{admins}."
         )
-    if not _is_loopback_host(config.host):
+    if not is_loopback_host(config.host):
         s3 = f" and moto's S3 server on port {server.s3.port}, which takes any credentials," if server.s3 else ""
         warnings.append(
             f"Warning: listening on {config.host}: other machines can reach the hub on port {hub}, the trust on "

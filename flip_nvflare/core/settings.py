@@ -236,7 +236,7 @@ def check_url(name: str, value: str, *, warn_plain_http: bool = False) -> str:
         raise FlipConfigError(
             f"{name} must not have a query string or fragment, got {parts.scheme}://{parts.netloc}..."
         )
-    if warn_plain_http and parts.scheme == "http" and not _is_loopback(host):
+    if warn_plain_http and parts.scheme == "http" and not is_loopback_host(host):
         logger.warning(
             "%s is plain http:// to %s, which is not this machine: the service key crosses the network unencrypted. "
             "Use https:// in production.",
@@ -246,13 +246,17 @@ def check_url(name: str, value: str, *, warn_plain_http: bool = False) -> str:
     return url
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv4-mapped IPv6 included) names this machine's loopback."""
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def parse_bucket(value: str) -> tuple[str, str]:
