@@ -1,7 +1,8 @@
 """Hub delivery of metrics: time on NVFlare's event thread, and end-to-end throughput.
 
 The emulated hub (flip_emulator, over loopback) answers every metrics request after an
-added 50 ms, like a remote flip-api. Both sides send the same metrics:
+added 50 ms, like a remote flip-api. Both sides send the same metrics (2 sites x 6 labels, round
+after round; each series' values in order):
 
 * baseline: what a naive component does on the event thread, one synchronous POST per metric,
   a new connection each time (no pooling);
@@ -47,6 +48,17 @@ def _metric_event(client: str, label: str, value: float, round_: int) -> Any:
     return fl_ctx
 
 
+def _series(count: int) -> list[tuple[int, str, str]]:
+    """``count`` metrics as a run sends them: 2 sites x 6 labels (12 series), round after round.
+
+    Values of one series are delivered one at a time, in order (series run concurrently), so the
+    mix of series is what a real run looks like: each site reports a few labels every round.
+    """
+    sites, labels = ("site-1", "site-2"), ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "dice")
+    combos = [(site, label) for site in sites for label in labels]
+    return [(n // len(combos), *combos[n % len(combos)]) for n in range(count)]
+
+
 def _baseline(hub: Any, model_id: str) -> tuple[list[float], float]:
     """One synchronous POST per metric, new connection each time; returns per-call seconds and total."""
     import httpx
@@ -55,8 +67,9 @@ def _baseline(hub: Any, model_id: str) -> tuple[list[float], float]:
     headers = {"X-Internal-Service-Key": hub.hub_key}
     per_call = []
     t0 = time.perf_counter()
-    for n in range(METRICS):
-        body = {"trust": "Trust_1", "fl_client_name": "site-1", "global_round": 0, "label": "baseline", "result": n}
+    for n, site, label in _series(METRICS):
+        trust = site.replace("site-", "Trust_")
+        body = {"trust": trust, "fl_client_name": site, "global_round": n, "label": f"baseline_{label}", "result": n}
         start = time.perf_counter()
         httpx.post(url, json=body, headers=headers, timeout=30).raise_for_status()
         per_call.append(time.perf_counter() - start)
@@ -65,13 +78,12 @@ def _baseline(hub: Any, model_id: str) -> tuple[list[float], float]:
 
 def _flip(hub: Any, model_id: str) -> tuple[list[float], float]:
     """The MetricsForwarder on the event thread; returns per-event seconds and time until all delivered."""
-    from flip_nvflare.backend import SERVER_CALL_RETRY
     from flip_nvflare.components.metrics import MetricsForwarder
     from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
     from flip_nvflare.constants import FlipEvents
     from flip_nvflare.core.prod import FLIPStandardProd
 
-    backend = FLIPStandardProd(env=hub.env(), retry=SERVER_CALL_RETRY)
+    backend = FLIPStandardProd(env=hub.env())  # the session delivers over a single-attempt view of it
     session = HubSession(
         backend,
         model_id=model_id,
@@ -83,7 +95,7 @@ def _flip(hub: Any, model_id: str) -> tuple[list[float], float]:
     forwarder = MetricsForwarder()
     forwarder._session = session  # what START_RUN does through the engine in a job
     session.hold("bench")
-    events = [_metric_event("site-1", "flip", float(n), 0) for n in range(METRICS)]
+    events = [_metric_event(site, f"flip_{label}", float(n), n) for n, site, label in _series(METRICS)]
     per_event = []
     t0 = time.perf_counter()
     for fl_ctx in events:
@@ -109,10 +121,10 @@ def main() -> bool:
     with tempfile.TemporaryDirectory() as tmp, start_emulator(Path(tmp), hub_api="h2", s3=False) as hub:
         model_id = hub.register_model(str(uuid.uuid4()), trusts=("Trust_1", "Trust_2")).model_id
         hub.set_fault("hub.metrics", latency=LATENCY)
-        _flip(hub, hub.register_model(trusts=("Trust_1",)).model_id)  # warm-up: imports, first connections
+        _flip(hub, hub.register_model(trusts=("Trust_1", "Trust_2")).model_id)  # warm-up: imports, first connections
         base_calls, base_total = _baseline(hub, model_id)
         flip_events, flip_total = _flip(hub, model_id)
-        received = [m.label for m in hub.records(model_id).metrics]
+        received = [m.label.split("_")[0] for m in hub.records(model_id).metrics]
     if received.count("baseline") != METRICS or received.count("flip") != METRICS:
         print(f"hub recorded {received.count('baseline')} baseline and {received.count('flip')} flip metrics")
         return False
