@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "HubApi": "flip_nvflare.constants",
     "PTConstants": "flip_nvflare.constants",
     "FlipError": "flip_nvflare.errors",
+    "ResultsUploadError": "flip_nvflare.errors",
     "FLIP": "flip_nvflare.client",
     "send_metrics_value": "flip_nvflare.client",
     "get_model_weights_diff": "flip_nvflare.compat.weights",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from flip_nvflare.core.dev import FLIPStandardDev as FLIPStandardDev
     from flip_nvflare.core.prod import FLIPStandardProd as FLIPStandardProd
     from flip_nvflare.errors import FlipError as FlipError
+    from flip_nvflare.errors import ResultsUploadError as ResultsUploadError
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

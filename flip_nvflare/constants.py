@@ -40,6 +40,8 @@ class ResourceType(str, Enum):
     NIFTI = "NIFTI"
     SEG = "SEG"
     ALL = "ALL"
+    #: FLIP's name of :attr:`SEG` (the same member).
+    SEGMENTATION = "SEG"
 
     @property
     def assessor_type(self) -> str:
@@ -123,6 +125,17 @@ class FlipHeaders:
     PREPARATION_SUMMARY = "flip_preparation"
     #: ImageCleanup's counts, read by CleanupClients.
     CLEANUP_SUMMARY = "flip_cleanup"
+    #: EvaluatorRunner (one model per call): model name -> return code of each model whose evaluation
+    #: failed in a reply that carries the other models' metrics; read by EvaluateModels.
+    MODEL_FAILURES = "flip_model_failures"
+
+
+class FlipCookies:
+    """Cookies flip-nvflare controllers put on a task; NVFlare returns them with each client's result."""
+
+    #: EvaluateModels: the names of the models its evaluation task carries (its results are reported
+    #: per model through VALIDATION_RESULT_RECEIVED, so task-result readers skip them).
+    EVALUATED_MODELS = "flip_evaluated_models"
 
 
 #: Request header carrying a hub call's idempotency key: the same key on every attempt of one logical
@@ -169,6 +182,10 @@ class PTConstants:
     PTModelName = "model.pt"
     PTFileModelName = "FL_global_model.pt"
     PTBestFileModelName = "best_FL_global_model.pt"
+    #: FLIP's newer name of :attr:`PTBestFileModelName`.
+    BestModelFilename = "best_FL_global_model.pt"
+    CrossValResultsJsonFilename = "cross_val_results.json"
+    EvalFailuresFilename = "evaluation_failures.json"
     PTLocalModelName = "local_model.pt"
     PTModelsDir = "models"
     EvalResultsFilename = "evaluation_results.json"
@@ -178,3 +195,25 @@ class PTConstants:
 
 #: Default id of the component that builds a job's FLIP backend.
 DEFAULT_FLIP_ID = "flip"
+
+
+class FlipMetricsLabel(str, Enum):
+    """FLIP's standard metric labels (labels are free text; these are the names FLIP's own code uses)."""
+
+    LOSS_FUNCTION = "LOSS_FUNCTION"
+    DL_RESULT = "DL_RESULT"
+    AVERAGE_SCORE = "AVERAGE_SCORE"
+
+
+class FlipMetaKey(str, Enum):
+    """DXO meta keys FLIP apps read."""
+
+    #: The training stage of a multi-stage (diffusion) model.
+    STAGE = "stage"
+
+
+# FLIP's settings object, answered from the running job's backend (never from the environment).
+from flip_nvflare.compat import unsupported_names  # noqa: E402
+from flip_nvflare.compat.settings import FlipConstants as FlipConstants  # noqa: E402
+
+__getattr__ = unsupported_names(__name__)

@@ -94,6 +94,10 @@ class FlipResultsUploadError(FlipError):
     """Results could not be zipped or stored in S3; the results folder was left intact."""
 
 
+#: FLIP's name of :class:`FlipResultsUploadError` (``from flip import ResultsUploadError``).
+ResultsUploadError = FlipResultsUploadError
+
+
 class FlipInvalidResponse(FlipError):
     """A FLIP service answered 2xx with a body that breaks its contract (e.g. not a column dict)."""
 
@@ -108,6 +112,17 @@ class FlipJobError(FlipError):
 
 class FlipAppError(FlipError):
     """The user's app is not what a FLIP job needs (missing file or class, wrong constructor)."""
+
+
+class FlipUnsupportedName(FlipError, AttributeError):
+    """A FLIP name flip-nvflare does not provide (an attribute); the message says what to use instead."""
+
+
+class FlipUnsupportedImport(FlipError, ImportError):
+    """Importing a FLIP name flip-nvflare does not provide; the message says what to use instead.
+
+    An ImportError, so ``from flip_nvflare... import NAME`` shows this message, not Python's generic one.
+    """
 
 
 class PreparationError(FlipError):

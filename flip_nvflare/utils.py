@@ -3,3 +3,7 @@
 from flip_nvflare.compat.weights import get_model_weights_diff
 
 __all__ = ["get_model_weights_diff"]
+
+from flip_nvflare.compat import unsupported_names
+
+__getattr__ = unsupported_names(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flip_nvflare.constants import FlipMode, JobType
 from flip_nvflare.errors import FlipError
-from flip_nvflare.jobs.check import check_app, check_job, format_problems, is_job_dir
+from flip_nvflare.jobs.check import app_defaults, check_app, check_job, format_problems, is_job_dir
 from flip_nvflare.jobs.create import JobRequest, build_job
 
 _TYPES = [t.value for t in JobType]
@@ -58,6 +58,8 @@ def check_app_main(argv: Sequence[str]) -> int:
         return 2
     report = format_problems(args.app, args.type, problems)
     print(report, file=sys.stderr if problems else sys.stdout)
+    for note in app_defaults(args.app, args.type) if not problems else []:
+        print(f"  note: {note}")
     return 1 if problems else 0
 
 

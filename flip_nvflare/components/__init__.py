@@ -23,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "HubSession": "flip_nvflare.components.session",
     "HubDelivery": "flip_nvflare.components.delivery",
     "EvaluationReporter": "flip_nvflare.components.evaluation_report",
+    "SiteLossReporter": "flip_nvflare.components.site_loss",
+    "JobWatcher": "flip_nvflare.components.job_watch",
 }
 
 #: Names this package used to export, each with its new path (they work until the next release).
@@ -38,12 +40,14 @@ if TYPE_CHECKING:
     from flip_nvflare.components.delivery import HubDelivery as HubDelivery
     from flip_nvflare.components.evaluation_report import EvaluationReporter as EvaluationReporter
     from flip_nvflare.components.exceptions import ExceptionForwarder as ExceptionForwarder
+    from flip_nvflare.components.job_watch import JobWatcher as JobWatcher
     from flip_nvflare.components.metrics import MetricsForwarder as MetricsForwarder
     from flip_nvflare.components.progress import ProgressReporter as ProgressReporter
     from flip_nvflare.components.result_json import EvaluationJsonGenerator as EvaluationJsonGenerator
     from flip_nvflare.components.result_json import ValidationJsonGenerator as ValidationJsonGenerator
     from flip_nvflare.components.results import ResultsUploader as ResultsUploader
     from flip_nvflare.components.session import HubSession as HubSession
+    from flip_nvflare.components.site_loss import SiteLossReporter as SiteLossReporter
     from flip_nvflare.components.status import StatusReporter as StatusReporter
 
 

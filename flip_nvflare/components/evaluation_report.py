@@ -1,10 +1,12 @@
 """EvaluationReporter: an evaluation job's final metrics to the hub, and a failures file that is always written.
 
-For every evaluation result the evaluation workflow receives (NVFlare's GlobalModelEval or
-CrossSiteModelEval fire VALIDATION_RESULT_RECEIVED), the reporter:
+For every evaluation result the evaluation workflow receives (EvaluateModels, NVFlare's
+GlobalModelEval and CrossSiteModelEval fire VALIDATION_RESULT_RECEIVED, once per client and model),
+the reporter:
 
 - sends each finite scalar metric to the hub as ``<model>/<metric>`` for that client's trust (a
-  nested group, as FLIP's evaluators return them, as ``<model>/<group>/<metric>``), at round 0 (through the job's hub session: ordered, retried, never blocking the run);
+  nested group, as FLIP's evaluators return them, as ``<model>/<group>/<metric>``), at round 0
+  (through the job's hub session: ordered, retried, never blocking the run);
 - records a failed result (any return code but OK, or a result that is not a metrics DXO) in
   ``<run folder>/<results_dir>/evaluation_failures.json``.
 

@@ -4,7 +4,9 @@ It watches every result a client submits, whichever controller runs (it listens 
 BEFORE_PROCESS_SUBMISSION event; no controller is changed). When a result comes back with an error
 return code (EXECUTION_EXCEPTION and the like), the exception text the client put in the reply's
 ``exception`` header (already sanitized on the client by the FLIP runners) is sent to the hub's
-logs endpoint, attributed to that client's trust. A result without that header (an executor that
+logs endpoint, attributed to that client's trust. So is an evaluation result that carries some
+models' metrics and names the models whose evaluation failed (the ``flip_model_failures`` header of
+EvaluatorRunner). A result without that header (an executor that
 raised) is reported with a short note saying so; its traceback stays in the site's log.
 
 Everything taken from the client's reply is sanitized again here, because a client app can set
@@ -59,20 +61,34 @@ class ExceptionForwarder(HubWidget):
             if not isinstance(result, Shareable) or client is None:
                 return
             return_code = result.get_return_code(ReturnCode.OK)
-            if return_code in self._ignored:
+            failed_models = result.get_header(FlipHeaders.MODEL_FAILURES, None)
+            partial = return_code == ReturnCode.OK and isinstance(failed_models, dict) and bool(failed_models)
+            if return_code in self._ignored and not partial:
                 return
             # the task name and return code come with the client's reply: only safe forms go on
             task_name = sanitize_hub_text(fl_ctx.get_prop(FLContextKey.TASK_NAME, "") or "task", _MAX_NAME)
-            shown_code = hub_return_code(return_code)
             round_ = result_round(result)
+            if partial:
+                assert isinstance(failed_models, dict)
+                codes = sorted({hub_return_code(code) for code in failed_models.values()})
+                shown_code = ", ".join(codes)
+                models: str | None = ", ".join(sanitize_hub_text(str(name), _MAX_NAME) for name in failed_models)
+            else:
+                shown_code = hub_return_code(return_code)
+                models = None
             session.journal.client_error(client, task_name, round_, shown_code)
-            session.send_client_log(client, self._log_text(result, task_name, round_, shown_code))
+            session.send_client_log(client, self._log_text(result, task_name, round_, shown_code, models))
             self.log_info(fl_ctx, f"{task_name} result of {client} failed ({shown_code}); reported to the hub.")
 
     @staticmethod
-    def _log_text(result: Shareable, task_name: str, round_: int | None, return_code: str) -> str:
+    def _log_text(
+        result: Shareable, task_name: str, round_: int | None, return_code: str, models: str | None = None
+    ) -> str:
         when = f" (round {round_})" if round_ is not None else ""
-        head = f"Task '{task_name}'{when} failed with {return_code}."
+        if models:  # some models of an evaluation failed, the others' metrics came back
+            head = f"Task '{task_name}'{when}: the evaluation of model(s) {models} failed with {return_code}."
+        else:
+            head = f"Task '{task_name}'{when} failed with {return_code}."
         text = result.get_header(FlipHeaders.EXCEPTION, None)
         if isinstance(text, str) and text.strip():
             # redact first, then cut: a cut must never leave part of an identifier visible

@@ -94,6 +94,26 @@ class RunJournal:
         self._metrics_dropped: Counter[str] = Counter()
         self._client_errors: dict[str, list[dict[str, Any]]] = {}
         self._clients: set[str] = set()
+        self._sites_lost: list[dict[str, Any]] = []
+
+    def site_lost(self, client_name: str, trust_name: str, what: str) -> bool:
+        """Record that a client's site left the run (its job died or it disconnected); once per client.
+
+        Returns:
+            Whether this was the first report of that client.
+        """
+        with self._lock:
+            if any(entry["client"] == client_name for entry in self._sites_lost):
+                return False
+            self._clients.add(client_name)
+            self._sites_lost.append({"client": client_name, "trust": trust_name, "what": what, "at": _now()})
+            return True
+
+    @property
+    def sites_lost(self) -> list[dict[str, Any]]:
+        """The sites that left the run, in order (client, trust, what happened, when)."""
+        with self._lock:
+            return [dict(entry) for entry in self._sites_lost]
 
     def status_reported(self, status: ModelStatus) -> None:
         """Record a status handed to the delivery."""
@@ -158,6 +178,7 @@ class RunJournal:
                 },
                 "client_errors": {c: list(e) for c, e in sorted(self._client_errors.items())},
                 "clients": sorted(self._clients),
+                "sites_lost": [dict(entry) for entry in self._sites_lost],
             }
 
 

@@ -14,7 +14,15 @@ model), and a status never goes backwards. Exactly one final status is sent:
   FlipEvents.PREPARATION_FAILED, so it is queued even if the run dies before END_RUN;
 * ``STOPPED``: the run was aborted (its abort signal fired without a fatal error).
 
+When the server runs a JobWatcher (``flip_nvflare.components.job_watch``), an aborted run's final
+status is left to it: only the server's parent process knows whether NVFlare ended the job because
+a person aborted it (STOPPED) or because a site failed (ERROR). The reporter writes what the
+watcher needs to its hand-off file (``flip_nvflare.components.handoff``).
+
 If the job has no ResultsUploader, a run that completes reports ``completed_status`` at END_RUN.
+A run that completes although every client result of its work failed (every training result, or
+every client's evaluation) ends ``ERROR`` instead of a success status; its results, each failure
+recorded, are still uploaded.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_event_type import AppEventType
 
+from flip_nvflare.components import handoff
 from flip_nvflare.components.session import HubSession, RunOutcome
 from flip_nvflare.components.widget import HubWidget, run_outcome
+from flip_nvflare.components.work import DEFAULT_WORK_TASKS, WorkTally
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipProps, ModelStatus
 from flip_nvflare.core.base import as_model_status
 from flip_nvflare.errors import FlipConfigError, FlipError
@@ -87,6 +97,9 @@ class StatusReporter(HubWidget):
         status_events: Optional overrides of which events trigger INITIATED, PREPARED and
             TRAINING_STARTED, e.g. ``{"PREPARED": ["_flip_preparation_done"]}``.
         completed_status: Final status of a completed run in a job without a ResultsUploader.
+        work_tasks: Tasks whose client results are the run's work (default ``train``, ``evaluate``,
+            ``evaluation``): if every result of one of them failed, a run that otherwise completed
+            ends ``ERROR`` (see :mod:`flip_nvflare.components.work`).
     """
 
     def __init__(
@@ -94,8 +107,10 @@ class StatusReporter(HubWidget):
         flip_id: str = DEFAULT_FLIP_ID,
         status_events: Mapping[str, Sequence[str]] | None = None,
         completed_status: str = ModelStatus.RESULTS_UPLOADED.value,
+        work_tasks: Sequence[str] | None = None,
     ) -> None:
         super().__init__(flip_id)
+        self._work = WorkTally(DEFAULT_WORK_TASKS if work_tasks is None else work_tasks)
         self._by_event = _status_events(status_events)
         try:
             self._completed_status = as_model_status(completed_status)
@@ -119,6 +134,10 @@ class StatusReporter(HubWidget):
             with self._lock:
                 self._reached = -1
                 self._final = None
+            self._work.reset()
+            self._handoff(fl_ctx, **_handoff_identity(fl_ctx, session))
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            self._work.record(fl_ctx)
         if event_type in _ERROR_EVENTS:
             self._finish(session, ModelStatus.ERROR, fl_ctx, f"event {event_type}")
         elif event_type in _UPLOAD_EVENTS:
@@ -141,12 +160,21 @@ class StatusReporter(HubWidget):
         self.log_info(fl_ctx, f"FLIP status {', '.join(s.value for s in to_send)} queued for the hub.")
 
     def _finish(self, session: HubSession, status: ModelStatus, fl_ctx: FLContext, why: str) -> None:
+        failed = self._work.all_failed() if status not in (ModelStatus.ERROR, ModelStatus.STOPPED) else None
+        if failed:  # the run completed but produced nothing: its results record each failure
+            status, why = ModelStatus.ERROR, f"{failed}; {why}"
         with self._lock:
             if self._final is not None:
                 return
             self._final = status
             session.report_status(status)
+        self._handoff(fl_ctx, final_status=status.value)
         self.log_info(fl_ctx, f"FLIP final status {status.value} queued for the hub ({why}).")
+
+    def _handoff(self, fl_ctx: FLContext, **fields: object) -> None:
+        root = _workspace_root(fl_ctx)
+        if root is not None:
+            handoff.update_handoff(root, str(fl_ctx.get_job_id()), **fields)
 
     def _check_end(self, event_type: str, fl_ctx: FLContext, session: HubSession) -> None:
         outcome = run_outcome(fl_ctx, session)
@@ -155,6 +183,37 @@ class StatusReporter(HubWidget):
             why = sanitize_hub_text(session.journal.failure or "fatal error", _MAX_REASON)
             self._finish(session, ModelStatus.ERROR, fl_ctx, f"run failed: {why}")
         elif outcome is RunOutcome.ABORTED:
+            root = _workspace_root(fl_ctx)
+            if root is not None and handoff.watcher_present(root):
+                with self._lock:
+                    if self._final is not None:
+                        return
+                self._handoff(fl_ctx, aborted=True)
+                if event_type == EventType.END_RUN:
+                    self.log_info(fl_ctx, "Run aborted: the server's JobWatcher reports the final status.")
+                return
             self._finish(session, ModelStatus.STOPPED, fl_ctx, "run aborted")
         elif event_type == EventType.END_RUN and not session.results_upload_expected:
             self._finish(session, self._completed_status, fl_ctx, "run completed; this job has no ResultsUploader")
+
+
+def _workspace_root(fl_ctx: FLContext) -> str | None:
+    try:
+        return str(fl_ctx.get_engine().get_workspace().get_root_dir())
+    except Exception:
+        return None
+
+
+def _handoff_identity(fl_ctx: FLContext, session: HubSession) -> dict[str, object]:
+    try:
+        clients = [c.name for c in fl_ctx.get_engine().get_clients()]
+    except Exception:
+        clients = []
+    return {
+        "model_id": session.model_id,
+        "flip_mode": session.flip_mode,
+        "hub_api": session.hub_api.value if session.hub_api else None,
+        "trusts": session.trust_names.as_dict(clients),
+        "final_status": None,
+        "aborted": False,
+    }

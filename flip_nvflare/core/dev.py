@@ -78,6 +78,13 @@ class FLIPStandardDev(FLIPBase):
         """``"dev"``."""
         return "dev"
 
+    def setting(self, name: str) -> str | None:
+        """A dev setting as given (``DEV_DATAFRAME``, ``DEV_IMAGES_DIR``, ``DEV_OUTPUT_DIR``), or None if unset."""
+        if name not in ("DEV_DATAFRAME", "DEV_IMAGES_DIR", "DEV_OUTPUT_DIR"):
+            raise KeyError(name)
+        value = self._reader.raw(name)
+        return None if value is None else str(value)
+
     @property
     def output_dir(self) -> Path:
         """The dev output folder (created on first use)."""

@@ -33,12 +33,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
@@ -51,6 +52,7 @@ from flip_nvflare.executors.cohort import prepare_before_task
 from flip_nvflare.executors.manifest import cohort_identifiers
 from flip_nvflare.executors.sanitize import DEFAULT_MAX_CHARS, Sanitizer
 from flip_nvflare.filters.percentile_privacy import withhold_payload
+from flip_nvflare.locators.checkpoint import MODEL_NAME_META
 from flip_nvflare.workspace import job_custom_dir, job_run_dir
 
 
@@ -122,7 +124,7 @@ class _AppRunner(Executor):
             prepare_before_task(fl_ctx, task_name, self, abort_signal)  # never run on an unprepared cohort
             with self._user_context(fl_ctx) as backend:
                 instance = self._get_instance(fl_ctx, backend)
-                result = instance.execute(task_name, shareable, fl_ctx, abort_signal)
+                result = self._call_app(instance, task_name, shareable, fl_ctx, abort_signal)
             if not isinstance(result, Shareable):
                 raise FlipAppError(
                     f"{self.role.class_name}.execute must return a Shareable (e.g. make_reply(...) or "
@@ -149,6 +151,12 @@ class _AppRunner(Executor):
                 fire_event=False,
             )
         return result
+
+    def _call_app(
+        self, instance: Any, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Any:
+        """Hand one task to the user's object (inside the job's backend context); its reply is checked after."""
+        return instance.execute(task_name, shareable, fl_ctx, abort_signal)
 
     # ------------------------------------------------------------------ the user's object
 
@@ -288,6 +296,23 @@ class ValidatorRunner(_AppRunner):
 class EvaluatorRunner(_AppRunner):
     """Runs ``FLIP_EVALUATOR`` from the job's ``custom/evaluator.py``.
 
+    An evaluation task arrives in one of two shapes: FLIP's (one task carrying every model, a
+    COLLECTION DXO mapping each model name to a WEIGHTS DXO, as EvaluateModels sends it) or
+    NVFlare's GlobalModelEval's (one WEIGHTS DXO per task, older job configs). An evaluator is
+    written for one of them; ``models_per_call`` says how the runner bridges the two:
+
+    - ``"auto"`` (default): a task is handed over as it comes; if the evaluator answers a COLLECTION
+      task with ``BAD_TASK_DATA`` (it expects one model's WEIGHTS), the runner hands it the models
+      one at a time from then on (as ``"one"``);
+    - ``"all"``: a task is handed over as it comes; a single WEIGHTS task is first wrapped in a
+      COLLECTION holding that one model under its name (FLIP evaluators then find it by name);
+    - ``"one"``: a COLLECTION task is handed over one model at a time (a WEIGHTS DXO with the
+      model's name in the ``model_owner`` header and cookie and in the DXO meta ``model_name``);
+      the metrics come back as one COLLECTION of METRICS DXOs. A model whose evaluation fails is
+      named in the reply's ``flip_model_failures`` header (its sanitized error text in the
+      ``exception`` header) while the others' metrics go on; if every model fails, the reply is the
+      failure itself.
+
     Args:
         evaluate_task_name: Name of the evaluation task.
         project_id: The encrypted project id, normally ``"{project_id}"``.
@@ -296,6 +321,7 @@ class EvaluatorRunner(_AppRunner):
         flip_id: Id of the job's FlipBackend component.
         max_exception_chars: Cap on the exception text sent to the hub.
         redact_columns: Dataframe columns whose values are also redacted from exception text.
+        models_per_call: ``"auto"``, ``"all"`` or ``"one"`` (above).
     """
 
     role = AppRole("evaluator", "FLIP_EVALUATOR", "evaluation")
@@ -309,6 +335,7 @@ class EvaluatorRunner(_AppRunner):
         flip_id: str = DEFAULT_FLIP_ID,
         max_exception_chars: int = DEFAULT_MAX_CHARS,
         redact_columns: list[str] | None = None,
+        models_per_call: str = "auto",
     ) -> None:
         super().__init__(
             standard_args={"evaluate_task_name": evaluate_task_name, "project_id": project_id, "query": query},
@@ -317,6 +344,147 @@ class EvaluatorRunner(_AppRunner):
             max_exception_chars=max_exception_chars,
             redact_columns=redact_columns,
         )
+        if models_per_call not in MODELS_PER_CALL:
+            raise FlipAppError(
+                f"EvaluatorRunner: models_per_call must be one of {', '.join(MODELS_PER_CALL)}, "
+                f"got {models_per_call!r}."
+            )
+        self._models_per_call = models_per_call
+        self._one_at_a_time = models_per_call == "one"
+
+    def _call_app(
+        self, instance: Any, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Any:
+        """Hand the task over in the shape the evaluator reads (see the class docstring)."""
+        models = weights_collection(shareable)
+        if models is None:
+            if self._models_per_call == "all":
+                shareable = as_collection(shareable)
+            return instance.execute(task_name, shareable, fl_ctx, abort_signal)
+        if self._one_at_a_time:
+            return self._one_by_one(instance, task_name, shareable, models, fl_ctx, abort_signal)
+        result = instance.execute(task_name, shareable, fl_ctx, abort_signal)
+        if (
+            self._models_per_call == "auto"
+            and isinstance(result, Shareable)
+            and result.get_return_code(ReturnCode.OK) == ReturnCode.BAD_TASK_DATA
+        ):
+            self.log_info(
+                fl_ctx,
+                f"{self.role.class_name} answered BAD_TASK_DATA to the {len(models)} model(s) in one task: it "
+                "reads one model's WEIGHTS per call, so it gets them one at a time (set models_per_call to say so).",
+            )
+            self._one_at_a_time = True
+            return self._one_by_one(instance, task_name, shareable, models, fl_ctx, abort_signal)
+        return result
+
+    def _one_by_one(
+        self,
+        instance: Any,
+        task_name: str,
+        task: Shareable,
+        models: dict[str, DXO],
+        fl_ctx: FLContext,
+        abort_signal: Signal,
+    ) -> Shareable:
+        metrics: dict[str, DXO] = {}
+        failures: dict[str, str] = {}
+        texts: list[str] = []
+        for name, weights in models.items():
+            if abort_signal.triggered:
+                return make_reply(ReturnCode.TASK_ABORTED)
+            try:
+                reply = instance.execute(task_name, one_model_task(task, name, weights), fl_ctx, abort_signal)
+                if not isinstance(reply, Shareable):
+                    raise FlipAppError(
+                        f"{self.role.class_name}.execute must return a Shareable, got {type(reply).__name__}."
+                    )
+            except (Exception, SystemExit) as exc:
+                self.log_error(
+                    fl_ctx,
+                    f"{self.role.class_name} failed on model {name!r}:\n{format_traceback(exc)}",
+                    fire_event=False,
+                )
+                failures[name] = ReturnCode.EXECUTION_EXCEPTION
+                texts.append(f"Model {name!r}: {self._safe_text(fl_ctx, exc)}")
+                continue
+            return_code = reply.get_return_code(ReturnCode.OK)
+            if return_code == ReturnCode.TASK_ABORTED:
+                return make_reply(ReturnCode.TASK_ABORTED)
+            dxo = _metrics_dxo(reply) if return_code == ReturnCode.OK else None
+            if dxo is not None:
+                metrics[name] = dxo
+                continue
+            failures[name] = str(return_code) if return_code != ReturnCode.OK else ReturnCode.EXECUTION_RESULT_ERROR
+            reported = reply.get_header(FlipHeaders.EXCEPTION)
+            if reported is not None:
+                texts.append(f"Model {name!r}: {self._safe_text(fl_ctx, str(reported))}")
+        headers = {FlipHeaders.EXCEPTION: "\n".join(texts)} if texts else None
+        if not metrics:
+            codes = set(failures.values())
+            return make_reply(codes.pop() if len(codes) == 1 else ReturnCode.EXECUTION_EXCEPTION, headers=headers)
+        result = DXO(data_kind=DataKind.COLLECTION, data=metrics).to_shareable()
+        if failures:
+            result.set_header(FlipHeaders.MODEL_FAILURES, failures)
+        for key, value in (headers or {}).items():
+            result.set_header(key, value)
+        return result
+
+
+#: The values of EvaluatorRunner's ``models_per_call``.
+MODELS_PER_CALL = ("auto", "all", "one")
+
+
+def weights_collection(task: Shareable) -> dict[str, DXO] | None:
+    """The models of a FLIP evaluation task (a COLLECTION of WEIGHTS DXOs), or None for any other task."""
+    try:
+        dxo = from_shareable(task)
+    except (TypeError, ValueError, KeyError):
+        return None
+    if dxo.data_kind != DataKind.COLLECTION or not isinstance(dxo.data, dict) or not dxo.data:
+        return None
+    if not all(isinstance(sub, DXO) and sub.data_kind == DataKind.WEIGHTS for sub in dxo.data.values()):
+        return None
+    return {str(name): sub for name, sub in dxo.data.items()}
+
+
+def one_model_task(task: Shareable, name: str, weights: DXO) -> Shareable:
+    """One model of a FLIP evaluation task as the task GlobalModelEval would send for it."""
+    weights.set_meta_prop(MODEL_NAME_META, name)
+    single = weights.to_shareable()
+    for key, value in (task.get(ReservedHeaderKey.HEADERS) or {}).items():
+        single.set_header(key, value)
+    single.set_header(AppConstants.MODEL_OWNER, name)
+    single.add_cookie(AppConstants.MODEL_OWNER, name)
+    return single
+
+
+def as_collection(task: Shareable) -> Shareable:
+    """A single-model WEIGHTS task (GlobalModelEval's) as a FLIP evaluation task holding that model by name.
+
+    The name is the DXO meta's ``model_name``, else the ``model_owner`` header without its ``SRV_``
+    prefix. Any other task is returned unchanged.
+    """
+    try:
+        dxo = from_shareable(task)
+    except (TypeError, ValueError, KeyError):
+        return task
+    if dxo.data_kind != DataKind.WEIGHTS:
+        return task
+    name = dxo.get_meta_prop(MODEL_NAME_META) or str(task.get_header(AppConstants.MODEL_OWNER, "") or "")
+    name = str(name).removeprefix("SRV_") or "global_model"
+    wrapped = DXO(data_kind=DataKind.COLLECTION, data={name: dxo}).to_shareable()
+    for key, value in (task.get(ReservedHeaderKey.HEADERS) or {}).items():
+        wrapped.set_header(key, value)
+    return wrapped
+
+
+def _metrics_dxo(reply: Shareable) -> DXO | None:
+    try:
+        dxo = from_shareable(reply)
+    except (TypeError, ValueError, KeyError):
+        return None
+    return dxo if dxo.data_kind == DataKind.METRICS and isinstance(dxo.data, dict) else None
 
 
 # ---------------------------------------------------------------------- loading the user's class

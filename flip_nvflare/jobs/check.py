@@ -4,7 +4,8 @@ A FLIP app is the folder of user code that becomes a job's ``custom/`` folder. W
 
 - standard and fed_opt: ``trainer.py`` (class ``FLIP_TRAINER``), ``validator.py`` (class
   ``FLIP_VALIDATOR``), ``models.py`` (function ``get_model``) and ``config.json`` with
-  ``LOCAL_ROUNDS`` and ``GLOBAL_ROUNDS`` (integers in 1..1000);
+  ``LOCAL_ROUNDS`` and ``GLOBAL_ROUNDS`` (integers in 1..1000; without ``GLOBAL_ROUNDS`` the job runs
+  :data:`DEFAULT_GLOBAL_ROUNDS` round, as FLIP's hub fills it in, and :func:`app_defaults` says so);
 - evaluation: ``evaluator.py`` (class ``FLIP_EVALUATOR``) and ``config.json`` with ``models``
   (``{"name": {"checkpoint": "file.pt"}, ...}``) and ``evaluation_output``.
 
@@ -30,6 +31,8 @@ from flip_nvflare.jobs.templates import as_job_type
 
 CONFIG_FILE = "config.json"
 ROUNDS_RANGE = (1, 1000)
+#: Federated rounds of a training app whose ``config.json`` has no ``GLOBAL_ROUNDS`` (FLIP's hub default).
+DEFAULT_GLOBAL_ROUNDS = 1
 #: Dev-data layout: ``<dev data>/<site>/cohort.csv`` and ``<dev data>/<site>/images/<accession>/``.
 DEV_COHORT = "cohort.csv"
 DEV_IMAGES = "images"
@@ -124,6 +127,23 @@ def check_app(
     return problems
 
 
+def app_defaults(app_dir: str | Path, job_type: str | JobType) -> list[str]:
+    """What a job of ``job_type`` fills in for keys the app's ``config.json`` leaves out, one sentence each.
+
+    A training app without ``GLOBAL_ROUNDS`` runs :data:`DEFAULT_GLOBAL_ROUNDS` round, as FLIP's hub
+    fills it in when it deploys the app.
+    """
+    if as_job_type(job_type) is JobType.EVALUATION:
+        return []
+    config, _ = _read_config(Path(app_dir))
+    if config is None or "GLOBAL_ROUNDS" in config:
+        return []
+    return [
+        f"{CONFIG_FILE} has no GLOBAL_ROUNDS: the job runs {DEFAULT_GLOBAL_ROUNDS} federated round, as FLIP's hub "
+        f'fills it in (add "GLOBAL_ROUNDS": N for more)'
+    ]
+
+
 def evaluation_checkpoints(app_dir: str | Path) -> dict[str, str]:
     """Model name -> checkpoint file name, from the app's ``config.json`` ``models`` (well-formed entries only)."""
     config, _ = _read_config(Path(app_dir))
@@ -207,6 +227,8 @@ def _check_training_config(config: dict[str, Any]) -> list[AppProblem]:
     low, high = ROUNDS_RANGE
     for key, meaning in (("LOCAL_ROUNDS", "local epochs per round"), ("GLOBAL_ROUNDS", "federated rounds")):
         value = config.get(key)
+        if key == "GLOBAL_ROUNDS" and key not in config:
+            continue  # FLIP's hub fills in DEFAULT_GLOBAL_ROUNDS (see app_defaults)
         if key not in config:
             problems.append(
                 AppProblem(f"{CONFIG_FILE} has no {key}", f'add "{key}": N ({meaning}, an integer in {low}..{high})')
@@ -470,7 +492,7 @@ def _items(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 def _job_type_of(server: dict[str, Any]) -> JobType:
     paths = [str(item.get("path", "")) for item in (*_items(server, "workflows"), *_items(server, "components"))]
-    if any(p.endswith(("InitEvaluation", "GlobalModelEval")) for p in paths):
+    if any(p.endswith(("InitEvaluation", "EvaluateModels", "GlobalModelEval")) for p in paths):
         return JobType.EVALUATION
     if any("fedopt" in p.lower() for p in paths):
         return JobType.FED_OPT

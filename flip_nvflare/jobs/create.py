@@ -7,7 +7,8 @@ prints no deprecation warnings, never reads or writes the user's NVFlare configu
 app first, and fills in what the app and the options say:
 
 - ``flip_mode`` (``dev`` or ``prod``) in both configs;
-- the server's ``global_rounds`` from the app's ``GLOBAL_ROUNDS`` and, when set there,
+- the server's ``global_rounds`` from the app's ``GLOBAL_ROUNDS`` (1 without it, as FLIP's hub
+  fills it in; a note says so) and, when set there,
   ``ignore_result_error`` and the aggregator's weights (as FLIP's hub does);
 - optional ``model_id``, ``min_clients``, ``project_id`` and ``query``;
 - dev data (``--dev-data DIR``): each site reads ``DIR/<site>/cohort.csv`` and
@@ -32,12 +33,14 @@ from flip_nvflare.core.base import check_model_id
 from flip_nvflare.errors import FlipConfigError, FlipError, FlipJobError
 from flip_nvflare.jobs.check import (
     CONFIG_FILE,
+    DEFAULT_GLOBAL_ROUNDS,
     DEV_COHORT,
     DEV_IMAGES,
     JOB_APP,
     JOB_CLIENT_CONFIG,
     JOB_META,
     JOB_SERVER_CONFIG,
+    app_defaults,
     check_app,
     dev_data_sites,
     evaluation_checkpoints,
@@ -164,7 +167,7 @@ def build_job(request: JobRequest) -> CreatedJob:
         job_dir=job_dir,
         min_clients=min_clients,
         sites=sites,
-        notes=tuple(_site_notes(request, sites, min_clients)),
+        notes=(*app_defaults(app_dir, job_type), *_site_notes(request, sites, min_clients)),
         warnings=(warning,) if warning else (),
     )
 
@@ -244,7 +247,7 @@ def _fill_server(
     if job_type is JobType.EVALUATION:
         _component_args(server, MODEL_LOCATOR_ID)["checkpoint_dir"] = str(checkpoints)
         return
-    server["global_rounds"] = int(app_config["GLOBAL_ROUNDS"])
+    server["global_rounds"] = int(app_config.get("GLOBAL_ROUNDS", DEFAULT_GLOBAL_ROUNDS))
     if isinstance(app_config.get("IGNORE_RESULT_ERROR"), bool):
         server["ignore_result_error"] = app_config["IGNORE_RESULT_ERROR"]
     weights = app_config.get("AGGREGATION_WEIGHTS")

@@ -5,9 +5,9 @@ The app's ``config.json`` names each model and its checkpoint file::
     "models": {"baseline": {"checkpoint": "baseline.pt"}, "finetuned": {"checkpoint": "ft/model.pt"}}
 
 The locator reads those files from ``checkpoint_dir`` on the server only; clients receive the
-weights in the evaluation task (NVFlare's GlobalModelEval sends each model to each client, the
-model's name in the task's ``model_owner`` header and in the weights' DXO meta ``model_name``) and
-never the files. Every checkpoint name is checked to stay inside ``checkpoint_dir``.
+weights in the evaluation task (EvaluateModels sends every model in one COLLECTION task, by name;
+NVFlare's GlobalModelEval one model per task; either way the weights' DXO meta ``model_name`` names
+the model) and never the files. Every checkpoint name is checked to stay inside ``checkpoint_dir``.
 
 ``flip-nvflare job create --type evaluation`` sets ``checkpoint_dir`` to an absolute folder and
 leaves the checkpoints out of the job's ``custom/`` folder (which is deployed to every client). If

@@ -3,3 +3,7 @@
 from flip_nvflare.metrics import send_metrics_value
 
 __all__ = ["send_metrics_value"]
+
+from flip_nvflare.compat import unsupported_names
+
+__getattr__ = unsupported_names(__name__)

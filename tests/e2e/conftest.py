@@ -155,6 +155,10 @@ SITE_POLICY_GAMMA = 0.001
 SITE_POLICY_PERCENTILE = 50
 
 
+#: The POC server's client heartbeat timeout (NVFlare's default is 600 s): a site silent this long is gone.
+POC_HEART_BEAT_TIMEOUT = 30.0
+
+
 @pytest.fixture(scope="session")
 def poc(tmp_path_factory: pytest.TempPathFactory, emulator: EmulatorHandle) -> Iterator[PocDeployment]:
     """A POC deployment (server + 2 clients as separate processes) whose sites have a rendered site policy."""
@@ -164,6 +168,7 @@ def poc(tmp_path_factory: pytest.TempPathFactory, emulator: EmulatorHandle) -> I
     deployment = PocDeployment(root, emulator.env())
     try:
         deployment.prepare()
+        deployment.install_job_watcher(heart_beat_timeout=POC_HEART_BEAT_TIMEOUT)
         policy = root / "site_policy.yaml"
         policy.write_text(SITE_POLICY)
         for site in ("site-1", "site-2"):

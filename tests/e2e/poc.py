@@ -109,6 +109,26 @@ class PocDeployment:
         project.write_text(PROJECT_YML.format(port=_free_port(), admin_port=_free_port()))
         self._nvflare("prepare", "-i", str(project))
 
+    def install_job_watcher(self, heart_beat_timeout: float) -> None:
+        """Configure FLIP's JobWatcher in the server's ``local/resources.json`` (as docs/deployment.md says),
+        and the server's client heartbeat timeout (how long a silent site stays registered)."""
+        import json
+
+        local = self.site_dir("server") / "local"
+        path = local / "resources.json"
+        if not path.is_file():
+            path.write_text((local / "resources.json.default").read_text())
+        config = json.loads(path.read_text())
+        config["components"].append(
+            {"id": "flip_job_watcher", "path": "flip_nvflare.components.job_watch.JobWatcher", "args": {}}
+        )
+        allowed = config.get("class_allow_list")
+        if isinstance(allowed, list):
+            allowed.append("flip_nvflare.components.job_watch.JobWatcher")
+        for server in config.get("servers", []):
+            server["heart_beat_timeout"] = heart_beat_timeout
+        path.write_text(json.dumps(config, indent=4))
+
     def start(self) -> None:
         server_env = {k: self._flip_env[k] for k in SERVER_ENV if k in self._flip_env}
         client_env = {k: self._flip_env[k] for k in CLIENT_ENV if k in self._flip_env}
@@ -158,6 +178,57 @@ class PocDeployment:
     def alive_groups(self) -> list[int]:
         return [g for g in self._groups if _group_alive(g)]
 
+    # ------------------------------------------------------------------ failing a site on purpose
+
+    def site_pids(self, name: str, *, worker: bool) -> list[int]:
+        """The running processes of site ``name``: its job processes (``worker``) or its client process."""
+        site = str(self.site_dir(name))
+        module = f"nvflare.private.fed.app.client.{'worker_process' if worker else 'client_train'}"
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [a.decode(errors="replace") for a in args]
+            if module in words and any(w.rstrip("/") == site for w in words):
+                found.append(int(entry.name))
+        return found
+
+    def kill_job_processes(self, name: str) -> list[int]:
+        """SIGKILL the site's job processes only (what an out-of-memory kill does)."""
+        pids = self.site_pids(name, worker=True)
+        for pid in pids:
+            _kill(pid)
+        return pids
+
+    def kill_site(self, name: str, *, for_good: bool = False) -> list[int]:
+        """SIGKILL every process of the site; the kit's restart loop brings its client back unless ``for_good``."""
+        pids = []
+        if for_good:
+            daemon = self.site_dir(name) / "daemon_pid.fl"
+            if daemon.is_file():
+                pids.append(int(daemon.read_text().strip()))
+        pids += self.site_pids(name, worker=False) + self.site_pids(name, worker=True)
+        for pid in pids:
+            _kill(pid)
+        return pids
+
+    def start_site(self, name: str) -> None:
+        """Start a site again (after ``kill_site(for_good=True)``), in a new process group."""
+        for stale in ("daemon_pid.fl", "pid.fl", "shutdown.fl", "restart.fl"):
+            (self.site_dir(name) / stale).unlink(missing_ok=True)
+        client_env = {k: self._flip_env[k] for k in CLIENT_ENV if k in self._flip_env}
+        self._nvflare("start", "-p", name, extra_env=client_env)
+
+    def client_names(self) -> list[str]:
+        """The clients the server has registered now (admin API)."""
+        session = self.session()
+        try:
+            return sorted(c.name for c in session.get_system_info().client_info)
+        finally:
+            session.close()
+
 
 def _free_port() -> int:
     import socket
@@ -166,6 +237,13 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _group_alive(group: int) -> bool:

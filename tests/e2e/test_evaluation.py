@@ -1,4 +1,5 @@
-"""flip_evaluation end to end: each model to each client, checkpoints kept on the server."""
+"""flip_evaluation end to end: every model to each client (EvaluateModels; the demo's evaluator reads one model
+per call, so the runner hands them over one at a time), checkpoints kept on the server."""
 
 from __future__ import annotations
 
@@ -80,11 +81,11 @@ def test_every_model_is_evaluated_at_every_site(evaluation_dev: DevRun) -> None:
     results = _evaluation_results(evaluation_dev)
     assert sorted(results) == ["site-1", "site-2"]
     for site, models in results.items():
-        assert sorted(models) == ["SRV_initial", "SRV_trained"], site
-        assert set(models["SRV_trained"]) == {"accuracy", "sensitivity", "specificity", "n_cases"}
-        assert models["SRV_trained"]["n_cases"] == 56
-        assert models["SRV_trained"]["accuracy"] >= LEARNED
-        assert models["SRV_trained"]["accuracy"] > models["SRV_initial"]["accuracy"]
+        assert sorted(models) == ["initial", "trained"], site
+        assert set(models["trained"]) == {"accuracy", "sensitivity", "specificity", "n_cases"}
+        assert models["trained"]["n_cases"] == 56
+        assert models["trained"]["accuracy"] >= LEARNED
+        assert models["trained"]["accuracy"] > models["initial"]["accuracy"]
 
 
 def test_dev_statuses(evaluation_dev: DevRun) -> None:
@@ -99,7 +100,7 @@ def test_final_metrics_reach_the_hub_and_the_failures_file_is_written(evaluation
     for site in ("site-1", "site-2"):
         for model in ("trained", "initial"):
             for metric in ("accuracy", "sensitivity", "specificity", "n_cases"):
-                assert sent[(site, 0, f"{model}/{metric}")] == results[site][f"SRV_{model}"][metric]
+                assert sent[(site, 0, f"{model}/{metric}")] == results[site][model][metric]
     assert _results_zip(evaluation_dev).json("evaluation_failures.json") == []
 
 
@@ -125,9 +126,9 @@ def test_prod_run_hub_record_and_results(evaluation_prod: ProdRun) -> None:
     results = evaluation_prod.results_zip.json("evaluation_results.json")
     assert sorted(results) == ["site-1", "site-2"]
     for models in results.values():
-        assert sorted(models) == ["SRV_broken", "SRV_initial", "SRV_trained"]
-        assert models["SRV_trained"]["n_cases"] > 0
-        assert "error" in models["SRV_broken"]
+        assert sorted(models) == ["broken", "initial", "trained"]
+        assert models["trained"]["n_cases"] > 0
+        assert "error" in models["broken"]
     labels = {(m.trust, m.label) for m in records.metrics}
     for trust in ("Trust_1", "Trust_2"):
         assert {(trust, "trained/accuracy"), (trust, "initial/accuracy")} <= labels

@@ -6,7 +6,7 @@ import pytest
 
 from flip_nvflare.cli.jobs import check_app_main
 from flip_nvflare.errors import FlipConfigError
-from flip_nvflare.jobs.check import check_app, evaluation_checkpoints, format_problems
+from flip_nvflare.jobs.check import app_defaults, check_app, evaluation_checkpoints, format_problems
 from flip_nvflare_demo.cli import app_dir
 
 
@@ -58,10 +58,10 @@ def test_every_config_and_symbol_problem_is_reported_together(app: Path) -> None
     assert whats[1] == "validator.py does not define FLIP_VALIDATOR"
     assert whats[2].startswith("models.py does not parse (line 1")
     assert "config.json LOCAL_ROUNDS is '3'" in whats
-    assert "config.json has no GLOBAL_ROUNDS" in whats
+    assert not any("GLOBAL_ROUNDS" in what for what in whats)  # FLIP's hub default: 1 round
     assert "config.json IGNORE_RESULT_ERROR is 'no'" in whats
     assert "config.json AGGREGATION_WEIGHTS is not a map of client names to weights" in whats
-    assert len(whats) == 7
+    assert len(whats) == 6
 
 
 @pytest.mark.parametrize("rounds", [0, 1001, True, 2.5])
@@ -148,3 +148,19 @@ def test_check_app_command_exit_codes(app: Path, tmp_path: Path, capsys: pytest.
     (app / "validator.py").unlink()
     assert check_app_main(["--type", "fed_opt", str(app)]) == 1
     assert "validator.py is missing: add validator.py" in capsys.readouterr().err
+
+
+def test_an_app_without_global_rounds_is_valid_and_check_app_says_it_runs_one_round(
+    app: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _set_config(app, GLOBAL_ROUNDS=None)
+    assert check_app(app, "standard") == []
+    assert app_defaults(app, "standard") == [
+        "config.json has no GLOBAL_ROUNDS: the job runs 1 federated round, as FLIP's hub fills it in "
+        '(add "GLOBAL_ROUNDS": N for more)'
+    ]
+    assert check_app_main(["--type", "standard", str(app)]) == 0
+    assert "note: config.json has no GLOBAL_ROUNDS: the job runs 1 federated round" in capsys.readouterr().out
+    _set_config(app, GLOBAL_ROUNDS=0)
+    assert _whats(check_app(app, "standard")) == ["config.json GLOBAL_ROUNDS is 0"]
+    assert app_defaults(app, "evaluation") == []

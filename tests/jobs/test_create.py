@@ -6,7 +6,7 @@ import pytest
 
 from flip_nvflare.cli.jobs import job_main
 from flip_nvflare.constants import FlipMode, JobType
-from flip_nvflare.jobs.create import FlipJobError, JobRequest, create_job
+from flip_nvflare.jobs.create import FlipJobError, JobRequest, build_job, create_job
 from flip_nvflare_demo.cli import app_dir
 
 MODEL_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -153,3 +153,13 @@ def test_job_command(app: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (job / "meta.conf").is_file()
     assert job_main(["create", "--type", "standard", "--app", str(tmp_path / "missing"), "--job", str(job)]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_an_app_without_global_rounds_gets_one_round_and_a_note(app: Path, tmp_path: Path) -> None:
+    config = json.loads((app / "config.json").read_text())
+    config.pop("GLOBAL_ROUNDS")
+    (app / "config.json").write_text(json.dumps(config))
+    created = build_job(JobRequest(JobType.STANDARD, app, tmp_path / "job"))
+    server, _ = _configs(created.job_dir)
+    assert server["global_rounds"] == 1
+    assert any("has no GLOBAL_ROUNDS: the job runs 1 federated round" in note for note in created.notes)

@@ -132,8 +132,8 @@ def test_evaluation_template_wiring() -> None:
         _load(JobType.EVALUATION, "config_fed_client.json"),
     )
     workflows = [w["path"].rsplit(".", 1)[1] for w in server["workflows"]]
-    assert workflows == ["InitEvaluation", "GlobalModelEval", "CleanupClients"]
-    assert server["workflows"][1]["args"]["validation_task_name"] == "evaluate"
+    assert workflows == ["InitEvaluation", "EvaluateModels", "CleanupClients"]
+    assert server["workflows"][1]["args"]["task_name"] == "evaluate"
     ids = {c["id"]: c["path"].rsplit(".", 1)[1] for c in server["components"]}
     assert ids["model_locator"] == "CheckpointModelLocator"
     assert ids["evaluation_json_generator"] == "EvaluationJsonGenerator"

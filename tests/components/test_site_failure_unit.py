@@ -1,0 +1,186 @@
+"""A site that fails mid-run, on a mock engine: SiteLossReporter, the StatusReporter's hand-off, the JobWatcher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from nvflare.apis.client import Client
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, RunProcessKey
+
+from flip_nvflare.components import handoff
+from flip_nvflare.components.job_watch import (
+    JobWatcher,
+    final_status_for,
+    flip_job_identity,
+    server_config_from_app,
+)
+from flip_nvflare.components.site_loss import SiteLossReporter
+from flip_nvflare.components.status import StatusReporter
+from flip_nvflare.constants import ModelStatus
+from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.jobs.templates import template_dir
+from tests.components.fakes import RecordingHub
+from tests.engine import JOB_ID, MODEL_ID, hub_calls, server_job
+
+
+def _lose(engine: Any, client: str) -> None:
+    engine.fire(EventType.CLIENT_DISCONNECTED, **{FLContextKey.DISCONNECTED_CLIENT_NAME: client})
+
+
+def test_a_lost_site_is_named_once_at_the_hub_and_recorded_and_the_run_continues(tmp_path: Path) -> None:
+    reporter = SiteLossReporter(policy="continue")
+    engine, hub = server_job(tmp_path, reporter, StatusReporter())
+    engine.start_run()
+    _lose(engine, "site-2")
+    _lose(engine, "site-2")  # NVFlare may report it again in a later workflow
+    assert reporter.session is not None
+    summary = reporter.session.summary()
+    engine.end_run()
+
+    logs = hub_calls(hub, "log")
+    assert len(logs) == 1 and logs[0][2] == "site-2" and logs[0][3]["trust_name"] == "Trust_2"
+    assert "Trust_2" in logs[0][1] and "continues" in logs[0][1]
+    assert [(e["client"], e["trust"]) for e in summary["sites_lost"]] == [("site-2", "Trust_2")]
+    assert EventType.FATAL_SYSTEM_ERROR not in engine.event_types()
+    assert [c[1] for c in hub_calls(hub, "status")][-1] == "RESULTS_UPLOADED"
+
+
+def test_policy_end_ends_the_run_with_error(tmp_path: Path) -> None:
+    reporter = SiteLossReporter(policy="end")
+    engine, hub = server_job(tmp_path, reporter, StatusReporter())
+    engine.start_run()
+    _lose(engine, "site-1")
+    engine.end_run()
+
+    assert EventType.FATAL_SYSTEM_ERROR in engine.event_types()
+    assert [c[1] for c in hub_calls(hub, "status")] == ["INITIATED", "ERROR"]
+    assert "on_site_lost: end" in hub_calls(hub, "log")[0][1]
+
+
+@pytest.mark.parametrize("raw", [None, "", "{on_site_lost}", "continue", "END"])
+def test_policy_values(raw: object) -> None:
+    SiteLossReporter(policy=raw)  # type: ignore[arg-type]
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    with pytest.raises(FlipConfigError, match="on_site_lost"):
+        SiteLossReporter(policy="ignore")
+
+
+def test_with_a_job_watcher_an_aborted_run_leaves_its_final_status_to_the_watcher(tmp_path: Path) -> None:
+    reporter = StatusReporter()
+    engine, hub = server_job(tmp_path, reporter)
+    root = Path(engine.workspace.get_root_dir())
+    handoff.handoff_dir(root).mkdir(parents=True)
+    (handoff.handoff_dir(root) / handoff.WATCHING_MARKER).write_text("x")
+
+    engine.start_run()
+    engine.abort_signal.trigger("aborted by NVFlare")
+    engine.end_run()
+
+    assert "STOPPED" not in [c[1] for c in hub_calls(hub, "status")]
+    found = handoff.read_handoff(root, JOB_ID)
+    assert found is not None and found["aborted"] is True and found["final_status"] is None
+    assert found["model_id"] == MODEL_ID and found["trusts"]["site-2"] == "Trust_2"
+
+
+def test_without_a_job_watcher_no_handoff_is_written(tmp_path: Path) -> None:
+    engine, _ = server_job(tmp_path, StatusReporter())
+    engine.start_run()
+    engine.end_run()
+    assert not handoff.handoff_dir(engine.workspace.get_root_dir()).exists()
+
+
+# ---------------------------------------------------------------------------- JobWatcher
+
+
+def _watcher_engine(participants: dict[str, str], registered: dict[str, str]) -> Any:
+    engine = MagicMock()
+    engine.run_processes = {
+        "job-1": {RunProcessKey.PARTICIPANTS: {tok: Client(name, tok) for tok, name in participants.items()}}
+    }
+    engine.client_manager = SimpleNamespace(clients={tok: Client(name, tok) for tok, name in registered.items()})
+    return engine
+
+
+def test_a_restarted_site_is_reported_dead_to_its_job_again_and_again_but_not_too_often() -> None:
+    watcher = JobWatcher(renotify_interval=5)
+    watcher._engine = _watcher_engine({"a": "site-1", "b": "site-2"}, {"a": "site-1", "c": "site-2"})
+
+    assert watcher.check_sites(now=100.0) == [("job-1", "site-2", "site restarted: its job is gone")]
+    assert watcher.check_sites(now=102.0) == []
+    assert watcher.check_sites(now=105.5) == [("job-1", "site-2", "site restarted: its job is gone")]
+    watcher._engine.notify_dead_job.assert_called_with("job-1", "site-2", "site restarted: its job is gone")
+
+
+def test_a_site_gone_for_good_is_reported_and_a_registered_one_never() -> None:
+    watcher = JobWatcher()
+    watcher._engine = _watcher_engine({"a": "site-1", "b": "site-2"}, {"a": "site-1"})
+    assert watcher.check_sites(now=1.0) == [("job-1", "site-2", "site disconnected")]
+    watcher._engine = _watcher_engine({"a": "site-1"}, {"a": "site-1"})
+    assert watcher.check_sites(now=50.0) == []
+
+
+def test_the_flip_identity_of_a_template_job() -> None:
+    config = json.loads((template_dir("standard") / "config_fed_server.json").read_text())
+    config.update(model_id=MODEL_ID, flip_mode="prod")
+    assert flip_job_identity(config) == {"model_id": MODEL_ID, "flip_mode": "prod", "hub_api": None}
+    assert flip_job_identity({"components": [{"path": "other.Thing"}]}) is None
+
+
+def test_the_server_config_is_read_from_a_zipped_app(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app_server/config/config_fed_server.json", json.dumps({"model_id": MODEL_ID}))
+    assert server_config_from_app(buffer.getvalue()) == {"model_id": MODEL_ID}
+
+
+@pytest.mark.parametrize(
+    ("status", "failed", "final"),
+    [
+        ("FINISHED:COMPLETED", False, None),
+        ("FINISHED:ABORTED", False, ModelStatus.STOPPED),
+        ("FINISHED:ABORTED", True, ModelStatus.ERROR),
+        ("FINISHED:EXECUTION_EXCEPTION", False, ModelStatus.ERROR),
+        ("FINISHED:ABNORMAL", True, ModelStatus.ERROR),
+        ("FINISHED:FAILED_TO_RUN", False, ModelStatus.ERROR),
+    ],
+)
+def test_final_status_only_stopped_for_a_persons_abort(status: str, failed: bool, final: ModelStatus | None) -> None:
+    assert final_status_for(status, failed) is final
+
+
+def test_settle_names_the_failed_trust_then_sends_the_final_status() -> None:
+    hub = RecordingHub()
+    watcher = JobWatcher()
+    watcher.backend_factory = lambda _hub_api: hub
+    identity = {"model_id": MODEL_ID, "flip_mode": "prod", "trusts": {"site-2": "Trust_B"}}
+    thread = watcher.settle("job-1", identity, "FINISHED:EXECUTION_EXCEPTION", ModelStatus.ERROR, [("site-2", 101)])
+    assert thread is not None
+    thread.join(10)
+
+    (log,) = hub_calls(hub, "log")
+    assert log[2] == "site-2" and log[3]["trust_name"] == "Trust_B" and "ended unexpectedly" in log[1]
+    assert hub_calls(hub, "status") == [("status", "ERROR")]
+
+
+def test_settle_sends_nothing_for_a_dev_job() -> None:
+    watcher = JobWatcher()
+    watcher.backend_factory = MagicMock()
+    identity = {"model_id": MODEL_ID, "flip_mode": "dev"}
+    assert watcher.settle("job-1", identity, "FINISHED:EXECUTION_EXCEPTION", ModelStatus.ERROR, []) is None
+    watcher.backend_factory.assert_not_called()
+
+
+def test_bad_watcher_arguments_are_refused() -> None:
+    with pytest.raises(FlipConfigError, match="check_interval"):
+        JobWatcher(check_interval=0)
