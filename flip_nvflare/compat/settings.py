@@ -82,8 +82,7 @@ def flip_setting(name: str) -> Any:
             f"FlipConstants.{name} exists only in dev mode and this job runs in prod; "
             "check FlipConstants.LOCAL_DEV first, or use prepared_cohort() / FLIP().get_dataframe(...)."
         )
-    setting = getattr(backend, "setting", None)
-    return setting(name) if callable(setting) else None
+    return backend.setting(name)
 
 
 class _FlipConstantsType(type):

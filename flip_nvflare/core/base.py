@@ -353,6 +353,14 @@ class FLIPBase(ABC):
         """
         return None
 
+    def setting(self, name: str) -> str | None:
+        """A FLIP setting this backend holds that app code may read (``FlipConstants``), or ``None``.
+
+        The default holds none; the dev backend answers ``DEV_DATAFRAME``, ``DEV_IMAGES_DIR`` and
+        ``DEV_OUTPUT_DIR``. Service URLs and keys are never answered.
+        """
+        return None
+
     def images_root(self) -> Path | None:
         """The folder that holds the accession folders :meth:`get_by_accession_number` downloads.
 
