@@ -227,9 +227,9 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 
 
 
 def test_a_server_that_drips_its_headers_is_cut_at_the_total_deadline() -> None:
-    """Each byte arrives well within a read timeout; only a per-attempt total deadline stops the call."""
-    with raw_server(_drip(ANSWER, every=0.25)) as server:
-        client = _client(server.url, timeout=1.0)
+    """Each byte (every 0.1 s) arrives well within a read timeout; only a per-attempt total deadline stops the call."""
+    with raw_server(_drip(ANSWER, every=0.1)) as server:
+        client = _client(server.url, timeout=0.4)
         with pytest.raises(FlipServiceUnavailable, match="Timeout"):
             client.request("GET", "/slow")
         server.stop.set()
@@ -241,11 +241,11 @@ def test_a_server_that_drips_its_body_is_cut_at_the_total_deadline() -> None:
 
     def respond(conn: socket.socket, server: RawServer) -> None:
         conn.sendall(head)
-        _drip(b'{"x": "' + b"a" * 31 + b'"}', every=0.25)(conn, server)
+        _drip(b'{"x": "' + b"a" * 31 + b'"}', every=0.1)(conn, server)
 
     with raw_server(respond) as server:
         with pytest.raises(FlipServiceUnavailable, match="Timeout"):
-            _client(server.url, timeout=1.0).request("GET", "/slow")
+            _client(server.url, timeout=0.4).request("GET", "/slow")
         server.stop.set()
     assert server.sent and server.sent[0] < 40
 
