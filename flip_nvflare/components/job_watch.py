@@ -82,7 +82,13 @@ def flip_job_identity(server_config: dict[str, Any]) -> dict[str, Any] | None:
                 value = server_config.get(value[1:-1])
             return value
 
-        return {"model_id": resolve("model_id"), "flip_mode": resolve("mode"), "hub_api": resolve("hub_api")}
+        identity = {"model_id": resolve("model_id"), "flip_mode": resolve("mode"), "hub_api": resolve("hub_api")}
+        clients = server_config.get("participating_clients")
+        if isinstance(clients, list) and clients and all(isinstance(c, str) for c in clients):
+            names = resolve("trust_names")
+            explicit = names if isinstance(names, dict) else {}
+            identity["trusts"] = {c: str(explicit.get(c) or default_trust_name(c)) for c in clients}
+        return identity
     return None
 
 
@@ -110,6 +116,14 @@ def failure_text(trust: str, client: str, code: int) -> str:
     return (
         f"The job's process at the site of {trust} ({client}) {what}. NVFlare ended the run; "
         "the site's own log has the details."
+    )
+
+
+def run_failure_text(nvflare_status: str) -> str:
+    """The hub log entry for a run that failed on the FL server with no site to blame."""
+    return (
+        f"The run could not go on at the FL server (NVFlare ended it {nvflare_status}): its server app could not "
+        "be built or failed before reporting. No site is to blame; the FL server's own log has the details."
     )
 
 
@@ -320,6 +334,12 @@ class JobWatcher(FLComponent):
                         backend.send_handled_exception(text, client, model_id, trust_name=trust)
                     except Exception as exc:
                         self.logger.error(f"FLIP JobWatcher: the hub refused the log of {client}: {type(exc).__name__}")
+                if not logs and final is ModelStatus.ERROR:
+                    reason = sanitize_hub_text(run_failure_text(nvflare_status), _MAX_TEXT)
+                    try:
+                        backend.send_run_log(model_id, reason, list(trusts.values()))
+                    except Exception as exc:
+                        self.logger.error(f"FLIP JobWatcher: the hub refused the run's log: {type(exc).__name__}")
                 backend.update_status(model_id, final)
                 self.logger.info(f"FLIP JobWatcher: final status {final.value} of job {job_id} sent to the hub.")
             except Exception as exc:

@@ -369,6 +369,25 @@ class FLIPBase(ABC):
         """
         return None
 
+    def send_run_log(self, model_id: str, text: str, trust_names: Sequence[str] = ()) -> int:
+        """Record a log entry about the whole run (not one client's failure) in the hub's logs.
+
+        An H1 hub files every log entry under a trust, so the default sends one entry per trust in
+        ``trust_names`` (the trusts the run was for); a hub that has run-level entries (H2) may send
+        one entry without a client instead.
+
+        Args:
+            model_id: The model (a UUID).
+            text: What happened, already fit for the hub (names and codes, never patient data).
+            trust_names: The trusts the run was for.
+
+        Returns:
+            How many entries were sent.
+        """
+        for trust in dict.fromkeys(trust_names):
+            self.send_handled_exception(text, trust, model_id, trust_name=trust)
+        return len(dict.fromkeys(trust_names))
+
     def with_retry(self, retry: RetryPolicy) -> FLIPBase:
         """This backend with ``retry`` as the retry policy of its service calls.
 

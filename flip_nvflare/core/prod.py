@@ -18,6 +18,7 @@ from flip_nvflare.core.base import (
     ResourceTypes,
     as_model_status,
     as_resource_types,
+    capped_log_text,
     check_accession_id,
     check_model_id,
     check_text,
@@ -415,6 +416,14 @@ class FLIPStandardProd(FLIPBase):
         if self.hub_settings().hub_api is not HubApi.H2:
             raise FlipConfigError("Typed progress events need an H2 hub (set FLIP_HUB_API=h2).")
         self._post_log(model_id, body)
+
+    def send_run_log(self, model_id: str, text: str, trust_names: Sequence[str] = ()) -> int:
+        """Record a run-level log entry: one entry without a client on H2, one per trust on H1."""
+        if self.hub_settings().hub_api is not HubApi.H2:
+            return super().send_run_log(model_id, text, trust_names)
+        model_id = check_model_id(model_id)
+        self._post_log(model_id, {"fl_client_name": None, "log": capped_log_text(text), "success": False})
+        return 1
 
     def _post_log(self, model_id: str, body: dict[str, Any]) -> None:
         """One entry of the model's logs at flip-api (an exception text, or an H2 progress event)."""

@@ -184,3 +184,24 @@ def test_settle_sends_nothing_for_a_dev_job() -> None:
 def test_bad_watcher_arguments_are_refused() -> None:
     with pytest.raises(FlipConfigError, match="check_interval"):
         JobWatcher(check_interval=0)
+
+
+def test_a_run_that_failed_on_the_server_tells_every_trust_of_the_run_why() -> None:
+    hub = RecordingHub()
+    watcher = JobWatcher()
+    watcher.backend_factory = lambda _hub_api: hub
+    identity = {"model_id": MODEL_ID, "flip_mode": "prod", "trusts": {"site-1": "Trust_1", "site-2": "Trust_2"}}
+    thread = watcher.settle("job-1", identity, "FINISHED:EXECUTION_EXCEPTION", ModelStatus.ERROR, [])
+    assert thread is not None
+    thread.join(10)
+    logs = hub_calls(hub, "log")
+    assert [log[2] for log in logs] == ["Trust_1", "Trust_2"]
+    assert all("could not go on at the FL server" in log[1] and "/" not in log[1] for log in logs)
+    assert hub_calls(hub, "status") == [("status", "ERROR")]
+
+
+def test_the_identity_names_the_trusts_of_the_run() -> None:
+    config = json.loads((template_dir("standard") / "config_fed_server.json").read_text())
+    config.update(model_id=MODEL_ID, flip_mode="prod", participating_clients=["site-1", "site-7"])
+    identity = flip_job_identity(config)
+    assert identity is not None and identity["trusts"] == {"site-1": "Trust_1", "site-7": "Trust_7"}

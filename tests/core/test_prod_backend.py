@@ -338,3 +338,16 @@ def test_nothing_sensitive_reaches_the_logs(
         *(str(f) for f in folders),
     ]:
         assert secret not in text, "sensitive value in logs"
+
+
+@pytest.mark.parametrize("hub_api", ["h1", "h2"])
+def test_a_run_level_log_is_one_hub_row_on_h2_and_one_per_trust_on_h1(emu: EmulatorHandle, hub_api: str) -> None:
+    emu.set_hub_api(hub_api)
+    model = emu.register_model(trusts=["Trust_1", "Trust_2"]).model_id
+    sent = emu.prod_backend(hub_api=hub_api).send_run_log(model, "the run could not go on", ["Trust_1", "Trust_2"])
+    logs = emu.records(model).logs
+    assert sent == len(logs) and all(log.log == "the run could not go on" for log in logs)
+    if hub_api == "h2":
+        assert [log.fl_client_name for log in logs] == [None]
+    else:
+        assert sorted(log.trust for log in logs) == ["Trust_1", "Trust_2"]

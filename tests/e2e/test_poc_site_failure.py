@@ -209,7 +209,12 @@ def site_gone(
 
 def test_server_app_that_cannot_be_built_ends_with_error_at_the_hub(build_failure: dict) -> None:
     assert build_failure["status"] == "FINISHED:EXECUTION_EXCEPTION"
-    assert build_failure["records"].status_names() == ["ERROR"]
+    records = build_failure["records"]
+    assert records.status_names() == ["ERROR"]
+    # the reason reaches every trust of the run (H1 files log entries under a trust), with no path
+    texts = {trust: _trust_logs(records, trust) for trust in TRUSTS}
+    assert all(len(found) == 1 and "could not go on at the FL server" in found[0] for found in texts.values()), texts
+    assert all("/" not in found[0] for found in texts.values())
 
 
 def test_killed_job_process_ends_the_run_with_error_naming_the_trust(job_process_killed: dict) -> None:
