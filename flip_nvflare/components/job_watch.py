@@ -61,6 +61,8 @@ FAILURE_CODES = {
     9: "was aborted",
 }
 _MAX_TEXT = 2000
+#: The code a site reports when a job's process died (NVFlare's ProcessExitCode.EXCEPTION).
+DIED = 101
 
 
 def _positive(name: str, value: object) -> float:
@@ -216,15 +218,34 @@ class JobWatcher(FLComponent):
             if client is None or not isinstance(payload, dict):
                 return None
             job_id, code = payload.get(JobFailureMsgKey.JOB_ID), payload.get(JobFailureMsgKey.CODE)
-            if isinstance(job_id, str) and isinstance(code, int) and code in FAILURE_CODES:
-                with self._lock:
-                    self._failures.setdefault(job_id, []).append((client.name, code))
-                self.logger.warning(f"FLIP JobWatcher: site {client.name} reported job {job_id} failed ({code}).")
+            if not (isinstance(job_id, str) and isinstance(code, int) and code in FAILURE_CODES):
+                return None
+            if code == DIED and self._continues_without_lost_sites(job_id):
+                # The job's policy is to go on without a lost site: NVFlare would end the whole run on
+                # this report, so the report becomes a lost site instead (the job's dead-client watch
+                # and its SiteLossReporter take it from here, min_clients permitting).
+                payload[JobFailureMsgKey.CODE] = 0
+                self.logger.warning(
+                    f"FLIP JobWatcher: the job process of {client.name} for job {job_id} died; the job's policy "
+                    "(on_site_lost: continue) treats the site as lost instead of ending the run."
+                )
+                self._engine.notify_dead_job(job_id, client.name, "job process ended unexpectedly")
+                return None
+            with self._lock:
+                self._failures.setdefault(job_id, []).append((client.name, code))
+            self.logger.warning(f"FLIP JobWatcher: site {client.name} reported job {job_id} failed ({code}).")
         except Exception as exc:
             self.logger.warning(f"FLIP JobWatcher could not read a job failure report: {type(exc).__name__}")
         return None
 
     # ------------------------------------------------------------------ lost sites
+
+    def _continues_without_lost_sites(self, job_id: str) -> bool:
+        """Whether the job said (in its hand-off) that its policy for a lost site is ``continue``."""
+        if self._root is None:
+            return False
+        found = handoff.read_handoff(self._root, job_id)
+        return found is not None and found.get("on_site_lost") == "continue"
 
     def _watch(self) -> None:
         while not self._stop.wait(self._check_interval):

@@ -26,6 +26,7 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
+from flip_nvflare.components import handoff
 from flip_nvflare.components.session import HubSession
 from flip_nvflare.components.widget import HubWidget
 from flip_nvflare.constants import DEFAULT_FLIP_ID
@@ -87,12 +88,23 @@ class SiteLossReporter(HubWidget):
         if event_type == EventType.START_RUN:
             with self._lock:
                 self._ended = False
+            self._tell_the_watcher(fl_ctx)
         elif event_type == EventType.CLIENT_DISCONNECTED:
             self._lost(fl_ctx, session)
         elif event_type == EventType.CLIENT_RECONNECTED:
             client = fl_ctx.get_prop(FLContextKey.RECONNECTED_CLIENT_NAME, None)
             if isinstance(client, str) and client:
                 self.log_info(fl_ctx, f"Site {client} is back in the run.")
+
+    def _tell_the_watcher(self, fl_ctx: FLContext) -> None:
+        """Put the policy in the job's hand-off, so a JobWatcher treats a died job process by it too."""
+        try:
+            root = fl_ctx.get_engine().get_workspace().get_root_dir()
+            handoff.update_handoff(root, str(fl_ctx.get_job_id()), on_site_lost=self._policy.value)
+        except Exception as exc:  # the hand-off only helps a watcher; never fail the run for it
+            self.log_warning(
+                fl_ctx, f"Could not record the site-loss policy for the JobWatcher: {exc}", fire_event=False
+            )
 
     def _lost(self, fl_ctx: FLContext, session: HubSession) -> None:
         client = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, None)

@@ -205,3 +205,40 @@ def test_the_identity_names_the_trusts_of_the_run() -> None:
     config.update(model_id=MODEL_ID, flip_mode="prod", participating_clients=["site-1", "site-7"])
     identity = flip_job_identity(config)
     assert identity is not None and identity["trusts"] == {"site-1": "Trust_1", "site-7": "Trust_7"}
+
+
+def _failure_message(token: str, job_id: str, code: int) -> Any:
+    from nvflare.private.defs import CellMessageHeaderKeys, JobFailureMsgKey
+
+    message = MagicMock()
+    message.payload = {JobFailureMsgKey.JOB_ID: job_id, JobFailureMsgKey.CODE: code}
+    message.get_header.side_effect = lambda key, default=None: token if key == CellMessageHeaderKeys.TOKEN else default
+    return message
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("continue", False), ("end", True), (None, True)])
+def test_a_died_job_process_is_a_lost_site_only_when_the_job_says_continue(
+    tmp_path: Path, policy: str | None, kept: bool
+) -> None:
+    from nvflare.private.defs import JobFailureMsgKey
+
+    from flip_nvflare.components import handoff
+
+    watcher = JobWatcher()
+    watcher._root = tmp_path
+    handoff.handoff_dir(tmp_path).mkdir(parents=True)
+    (handoff.handoff_dir(tmp_path) / handoff.WATCHING_MARKER).write_text("x")
+    if policy is not None:
+        handoff.update_handoff(tmp_path, "job-1", on_site_lost=policy)
+    engine = MagicMock()
+    engine.client_manager.clients = {"tok": MagicMock()}
+    engine.client_manager.clients["tok"].name = "site-2"
+    watcher._engine = engine
+    message = _failure_message("tok", "job-1", 101)
+    assert watcher._failure_report(message) is None
+    if kept:  # NVFlare ends the run on the report, and the watcher names the site afterwards
+        assert message.payload[JobFailureMsgKey.CODE] == 101 and watcher._failures == {"job-1": [("site-2", 101)]}
+        engine.notify_dead_job.assert_not_called()
+    else:  # the report no longer ends the run; the job learns of a lost site instead
+        assert message.payload[JobFailureMsgKey.CODE] == 0 and watcher._failures == {}
+        engine.notify_dead_job.assert_called_once_with("job-1", "site-2", "job process ended unexpectedly")

@@ -159,7 +159,7 @@ def job_process_killed(
         poc,
         emulator,
         tmp_path_factory.mktemp("poc-job-killed"),
-        policy="continue",
+        policy="end",
         min_clients=2,
         rounds=8,
         fail=lambda: poc.kill_job_processes("site-2"),
@@ -168,8 +168,28 @@ def job_process_killed(
 
 
 @pytest.fixture(scope="module")
-def site_restarted(
+def job_process_killed_run_continues(
     tmp_path_factory: pytest.TempPathFactory, poc: PocDeployment, emulator: EmulatorHandle, job_process_killed: dict
+) -> dict:
+    _wait_registered(poc, {"site-1", "site-2"}, 60)
+    return _run_and_fail(
+        poc,
+        emulator,
+        tmp_path_factory.mktemp("poc-job-killed-continue"),
+        policy="continue",
+        min_clients=1,
+        rounds=4,
+        fail=lambda: poc.kill_job_processes("site-2"),
+        bound=10 + GRACE + LEAD,  # the site's report, the dead-client grace period, then the task's lead time
+    )
+
+
+@pytest.fixture(scope="module")
+def site_restarted(
+    tmp_path_factory: pytest.TempPathFactory,
+    poc: PocDeployment,
+    emulator: EmulatorHandle,
+    job_process_killed_run_continues: dict,
 ) -> dict:
     _wait_registered(poc, {"site-1", "site-2"}, 60)
     run = _run_and_fail(
@@ -226,6 +246,25 @@ def test_killed_job_process_ends_the_run_with_error_naming_the_trust(job_process
     (text,) = [t for t in _trust_logs(run["records"], "Trust_2") if "ended unexpectedly" in t]
     assert "site-2" in text and "/" not in text  # names only: no paths
     assert not run["keys"], "a failed run is not uploaded"
+
+
+def test_killed_job_process_with_policy_continue_loses_the_site_and_the_run_goes_on(
+    job_process_killed_run_continues: dict, emulator: EmulatorHandle
+) -> None:
+    run = job_process_killed_run_continues
+    assert run["status"] == "FINISHED:COMPLETED", run["status"]
+    assert run["seconds"] < 10 + GRACE + LEAD + MARGIN
+    statuses = run["records"].status_names()
+    assert statuses[-1] == "RESULTS_UPLOADED" and "STOPPED" not in statuses and "ERROR" not in statuses, statuses
+    texts = [t for t in _trust_logs(run["records"], "Trust_2") if "left the run" in t]
+    assert texts and "continues" in texts[0] and "/" not in texts[0]
+    from flip_nvflare_demo.report import read_s3_object
+
+    (key,) = run["keys"]
+    bucket = str(emulator.bucket).removeprefix("s3://").split("/", 1)[0]
+    summary = read_zip(read_s3_object(emulator.env(), bucket, key)).json("run_summary.json")
+    (lost,) = summary["sites_lost"]
+    assert lost["client"] == "site-2" and lost["trust"] == "Trust_2"
 
 
 def test_restarted_site_ends_the_run_by_policy_with_error_naming_the_trust(site_restarted: dict) -> None:
