@@ -8,9 +8,9 @@ the component and the argument, never be coerced: ``bool("false")`` is ``True``,
 
 from __future__ import annotations
 
-from flip_nvflare.errors import FlipConfigTypeError
+from flip_nvflare.errors import FlipConfigError, FlipConfigTypeError
 
-__all__ = ["FlipConfigTypeError", "json_bool"]
+__all__ = ["FlipConfigTypeError", "json_bool", "positive_number"]
 
 #: Longest repr of a refused value shown in an error message.
 _MAX_SHOWN = 40
@@ -42,3 +42,19 @@ def json_bool(owner: str, name: str, value: object) -> bool:
         f"{owner}: {name} must be true or false (a JSON boolean, without quotes), "
         f'got {shown} ({type(value).__name__}); write "{name}": true or "{name}": false in the component\'s args.'
     )
+
+
+def positive_number(owner: str, name: str, value: object) -> float:
+    """``value`` as a float if it is a number above zero (not a boolean); anything else is refused.
+
+    Args:
+        owner: The component the argument belongs to (e.g. ``"FlipBackend"``).
+        name: The argument's name in the config (e.g. ``"drain_timeout"``).
+        value: The value the config gave.
+
+    Raises:
+        FlipConfigError: ``value`` is not a number above zero.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise FlipConfigError(f"{owner}: {name} must be a positive number, got {value!r}.")
+    return float(value)

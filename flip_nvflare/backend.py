@@ -23,7 +23,7 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.server_engine_spec import ServerEngineSpec
 
-from flip_nvflare.args import json_bool
+from flip_nvflare.args import json_bool, positive_number
 from flip_nvflare.components.session import HubSession, SessionSettings, TrustNames
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipMode
 from flip_nvflare.core.base import FLIPBase, check_model_id
@@ -54,12 +54,6 @@ def _check_mode(raw: object) -> FlipMode:
         return FlipMode(str(raw).strip().lower())
     except ValueError:
         raise FlipConfigError(f"flip_mode must be 'dev' or 'prod', got {raw!r}.") from None
-
-
-def _positive(name: str, value: object, kind: type) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise FlipConfigError(f"FlipBackend argument {name} must be a positive number, got {value!r}.")
-    return kind(value)
 
 
 class FlipBackend(FLComponent):
@@ -118,9 +112,9 @@ class FlipBackend(FLComponent):
         self._check_settings = json_bool("FlipBackend", "check_settings", check_settings)
         self._trust_names = TrustNames(trust_names)
         self._session_settings = SessionSettings(
-            concurrency=_positive("hub_concurrency", hub_concurrency, int),
-            max_pending=_positive("max_pending_metrics", max_pending_metrics, int),
-            drain_timeout=_positive("drain_timeout", drain_timeout, float),
+            concurrency=int(positive_number("FlipBackend", "hub_concurrency", hub_concurrency)),
+            max_pending=int(positive_number("FlipBackend", "max_pending_metrics", max_pending_metrics)),
+            drain_timeout=positive_number("FlipBackend", "drain_timeout", drain_timeout),
         )
         if hub_api is not None:
             SettingsReader({"FLIP_HUB_API": hub_api}).hub_api()  # raises a clear error if not h1/h2

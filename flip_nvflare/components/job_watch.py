@@ -45,9 +45,9 @@ from nvflare.apis.fl_constant import FLContextKey, RunProcessKey, SystemComponen
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.job_def import JobMetaKey, RunStatus
 
+from flip_nvflare.args import positive_number
 from flip_nvflare.components import handoff
 from flip_nvflare.constants import FlipMode, ModelStatus, default_trust_name
-from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.executors.sanitize import sanitize_hub_text
 
 #: Component paths of the FlipBackend (the old one still loads for one release).
@@ -63,12 +63,6 @@ FAILURE_CODES = {
 _MAX_TEXT = 2000
 #: The code a site reports when a job's process died (NVFlare's ProcessExitCode.EXCEPTION).
 DIED = 101
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise FlipConfigError(f"JobWatcher {name} must be a positive number of seconds, got {value!r}.")
-    return float(value)
 
 
 def flip_job_identity(server_config: dict[str, Any]) -> dict[str, Any] | None:
@@ -156,10 +150,12 @@ class JobWatcher(FLComponent):
         http_timeout: float | None = None,
     ) -> None:
         super().__init__()
-        self._check_interval = _positive("check_interval", check_interval)
-        self._renotify_interval = _positive("renotify_interval", renotify_interval)
+        self._check_interval = positive_number("JobWatcher", "check_interval", check_interval)
+        self._renotify_interval = positive_number("JobWatcher", "renotify_interval", renotify_interval)
         self._hub_api = hub_api
-        self._http_timeout = None if http_timeout is None else _positive("http_timeout", http_timeout)
+        self._http_timeout = (
+            None if http_timeout is None else positive_number("JobWatcher", "http_timeout", http_timeout)
+        )
         self._engine: Any = None
         self._root: Path | None = None
         self._lock = threading.Lock()
