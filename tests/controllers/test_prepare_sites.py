@@ -25,6 +25,15 @@ def runs() -> Iterator[list[ControllerRun]]:
         run.close()
 
 
+def every_site_prepares(runs: list[ControllerRun], controller: InitTraining, engine: FakeEngine) -> None:
+    """Run ``controller`` to its end with every site of :data:`SITES` answering that it prepared."""
+    run = run_controller(runs, controller, engine)
+    run.wait_scheduled()
+    for site in SITES:
+        run.answer(site, prepared(1, 1))
+    run.finish()
+
+
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The warnings' texts, without NVFlare's ``[identity=..., run=...]: `` prefix."""
     return [r.getMessage().split("]: ", 1)[-1] for r in caplog.records if r.levelno == logging.WARNING]
@@ -35,11 +44,7 @@ def test_min_clients_below_the_sites_is_warned_at_job_start_with_its_cost(
 ) -> None:
     engine = FakeEngine(tmp_path, clients=SITES)
     with caplog.at_level(logging.WARNING):
-        run = run_controller(runs, InitTraining(min_clients=2), engine)
-        run.wait_scheduled()
-        for site in SITES:
-            run.answer(site, prepared(1, 1))
-        run.finish()
+        every_site_prepares(runs, InitTraining(min_clients=2), engine)
 
     (warning,) = [w for w in warnings_of(caplog) if "(job start)" in w]
     assert warning.startswith(
@@ -55,11 +60,7 @@ def test_min_clients_equal_to_the_sites_is_not_warned(
 ) -> None:
     engine = FakeEngine(tmp_path, clients=SITES)
     with caplog.at_level(logging.WARNING):
-        run = run_controller(runs, InitTraining(min_clients=4), engine)
-        run.wait_scheduled()
-        for site in SITES:
-            run.answer(site, prepared(1, 1))
-        run.finish()
+        every_site_prepares(runs, InitTraining(min_clients=4), engine)
     assert warnings_of(caplog) == []
     assert len(engine.fired(FlipEvents.PREPARATION_DONE)) == 1
 
