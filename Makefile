@@ -31,8 +31,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# make demo STYLE=client_api: the Client API app and its recipe; make demo TRACKING=mlflow: also MLflow
 demo: $(STAMP)
-	$(VENV)/bin/flip-nvflare demo
+	$(VENV)/bin/flip-nvflare demo $(if $(STYLE),--style $(STYLE)) $(if $(TRACKING),--tracking $(TRACKING))
 
 demo-prod: $(STAMP)
 	$(VENV)/bin/flip-nvflare demo --prod

@@ -1,7 +1,9 @@
 """Run every benchmark (``bench/bench_*.py``), each in a fresh process, and summarise.
 
-Each benchmark module has ``main() -> bool`` that prints its own report (ratios against a baseline
-measured in the same run) and returns whether its target was met.
+Each benchmark module has ``main() -> bool`` that prints its own report and returns whether its
+targets were met. Every figure is printed the same way (``bench/_figures.py``): flip-nvflare's
+value and its baseline's, each the best of the runs (``FLIP_BENCH_RUNS``, default 3) with the
+range of the runs, and the ratio of the two bests against its target.
 
 Usage: ``python -m bench [NAME ...]`` (names without the ``bench_`` prefix select a subset).
 """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from nvflare.apis.event_type import EventType
@@ -37,7 +38,8 @@ from flip_nvflare.core.settings import (
 )
 from flip_nvflare.errors import FlipConfigError, FlipError
 from flip_nvflare.executors.sanitize import sanitize_hub_text
-from flip_nvflare.workspace import job_run_dir
+from flip_nvflare.jobs.identity import check_job_version, resolve_model_id
+from flip_nvflare.workspace import job_custom_dir, job_run_dir
 
 _SESSION_HOLDER = "FlipBackend"
 T = TypeVar("T")
@@ -132,8 +134,9 @@ class FlipBackend(FLComponent):
         """Build and check the backend at START_RUN, note failures, close at END_RUN."""
         if event_type == EventType.START_RUN:
             try:
+                self._once(fl_ctx, lambda: check_job_version(fl_ctx.get_prop(FLContextKey.JOB_META)))
                 self.get(fl_ctx)
-                if self._model_id_arg is not None and _on_server(fl_ctx):
+                if _on_server(fl_ctx) and (self._model_id_arg is not None or _has_hub_widgets(fl_ctx)):
                     self.session(fl_ctx)
             except FlipError:
                 pass  # reported (and the run stopped) where it was raised
@@ -188,7 +191,7 @@ class FlipBackend(FLComponent):
             )
         return HubSession(
             backend,
-            model_id=self._checked_model_id(),
+            model_id=self._checked_model_id(fl_ctx),
             trust_names=self._trust_names,
             hub_api=backend.hub_api,
             settings=self._session_settings,
@@ -211,13 +214,17 @@ class FlipBackend(FLComponent):
         with self._lock:
             return self._session
 
-    def _checked_model_id(self) -> str:
+    def _checked_model_id(self, fl_ctx: FLContext | None = None) -> str:
         raw = self._model_id_arg
         if raw is None or str(raw).strip() in ("", "{model_id}"):
-            raise FlipConfigError(
-                'The FlipBackend component has no model_id: add the top-level key "model_id" (the hub writes it '
-                'when it deploys the job) to config_fed_server.json and pass "model_id": "{model_id}" to the '
-                "FlipBackend component."
+            if fl_ctx is None:
+                raise FlipConfigError(
+                    'The FlipBackend component has no model_id: add the top-level key "model_id" (the hub writes it '
+                    'when it deploys the job) to config_fed_server.json and pass "model_id": "{model_id}" to the '
+                    "FlipBackend component."
+                )
+            return resolve_model_id(
+                custom_dir=job_custom_dir(fl_ctx), job_meta=fl_ctx.get_prop(FLContextKey.JOB_META), mode=self._mode
             )
         try:
             return check_model_id(raw)
@@ -226,30 +233,85 @@ class FlipBackend(FLComponent):
 
     def _build(self, fl_ctx: FLContext) -> FLIPBase:
         on_server = _on_server(fl_ctx)
-        if self._mode is FlipMode.DEV:
-            if fl_ctx.get_prop(FLContextKey.SECURE_MODE, False) and not self._allow_dev_in_secure_mode:
-                raise FlipConfigError(
-                    "flip_mode is 'dev' but this is a provisioned (secure) deployment: dev mode would "
-                    "never report to the hub. Set flip_mode to 'prod', or pass "
-                    '"allow_dev_in_secure_mode": true to the FlipBackend component if this is intended.'
-                )
-            output_dir = self._dev_output_dir or job_run_dir(fl_ctx) / "flip_dev"
-            self.log_info(fl_ctx, f"FLIP backend: dev (hub calls recorded in {output_dir})")
-            return FLIPStandardDev(
-                dataframe_csv=self._dev_dataframe, images_dir=self._dev_images_dir, output_dir=output_dir
-            )
-        if self._check_settings:
-            _check_prod_settings(on_server, self._hub_api, self._http_timeout)
-        backend = FLIPStandardProd(
+        backend = build_backend(
+            self._mode,
+            on_server=on_server,
+            secure_mode=bool(fl_ctx.get_prop(FLContextKey.SECURE_MODE, False)),
+            run_dir=job_run_dir(fl_ctx),
+            dev_dataframe=self._dev_dataframe,
+            dev_images_dir=self._dev_images_dir,
+            dev_output_dir=self._dev_output_dir,
+            allow_dev_in_secure_mode=self._allow_dev_in_secure_mode,
             hub_api=self._hub_api,
             http_timeout=self._http_timeout,
+            check_settings=self._check_settings,
         )
-        self.log_info(fl_ctx, f"FLIP backend: prod ({'server' if on_server else 'client'} settings checked)")
+        if isinstance(backend, FLIPStandardDev):
+            output_dir = self._dev_output_dir or job_run_dir(fl_ctx) / "flip_dev"
+            self.log_info(fl_ctx, f"FLIP backend: dev (hub calls recorded in {output_dir})")
+        else:
+            self.log_info(fl_ctx, f"FLIP backend: prod ({'server' if on_server else 'client'} settings checked)")
         return backend
+
+
+def build_backend(
+    mode: FlipMode,
+    *,
+    on_server: bool,
+    secure_mode: bool,
+    run_dir: Path,
+    dev_dataframe: str | None = None,
+    dev_images_dir: str | None = None,
+    dev_output_dir: str | None = None,
+    allow_dev_in_secure_mode: bool = False,
+    hub_api: str | None = None,
+    http_timeout: float | None = None,
+    check_settings: bool = True,
+) -> FLIPBase:
+    """Build the FLIP backend of one site's job: the rule FlipBackend and Client API scripts share.
+
+    Args:
+        mode: The job's ``flip_mode`` (already checked).
+        on_server: Whether this is the FL server (decides which prod settings are checked).
+        secure_mode: Whether the site is a provisioned (secure) deployment.
+        run_dir: The job's run folder on this site (dev output goes to ``flip_dev/`` there by default).
+        dev_dataframe: Dev mode: the cohort CSV (else ``DEV_DATAFRAME``).
+        dev_images_dir: Dev mode: one folder per accession (else ``DEV_IMAGES_DIR``).
+        dev_output_dir: Dev mode: where the hub ledger and results go (else ``DEV_OUTPUT_DIR`` or run_dir).
+        allow_dev_in_secure_mode: Let dev mode run in a provisioned deployment.
+        hub_api: ``"h1"`` or ``"h2"`` (else ``FLIP_HUB_API``).
+        http_timeout: Seconds per HTTP attempt (else ``FLIP_HTTP_TIMEOUT``).
+        check_settings: Check this role's prod settings now (every missing variable named at once).
+
+    Raises:
+        FlipConfigError: Dev mode in a secure deployment without the explicit allowance, or
+            prod settings missing.
+    """
+    if mode is FlipMode.DEV:
+        if secure_mode and not allow_dev_in_secure_mode:
+            raise FlipConfigError(
+                "flip_mode is 'dev' but this is a provisioned (secure) deployment: dev mode would "
+                "never report to the hub. Set flip_mode to 'prod', or pass "
+                '"allow_dev_in_secure_mode": true to the FlipBackend component if this is intended.'
+            )
+        output_dir = dev_output_dir or run_dir / "flip_dev"
+        return FLIPStandardDev(dataframe_csv=dev_dataframe, images_dir=dev_images_dir, output_dir=output_dir)
+    if check_settings:
+        _check_prod_settings(on_server, hub_api, http_timeout)
+    return FLIPStandardProd(hub_api=hub_api, http_timeout=http_timeout)
 
 
 def _on_server(fl_ctx: FLContext) -> bool:
     return isinstance(fl_ctx.get_engine(), ServerEngineSpec)
+
+
+def _has_hub_widgets(fl_ctx: FLContext) -> bool:
+    """Whether the server app has a hub widget (then the session, and the model id, are needed at START_RUN)."""
+    from flip_nvflare.components.widget import HubWidget
+
+    engine = fl_ctx.get_engine()
+    components = engine.get_all_components() if hasattr(engine, "get_all_components") else {}
+    return any(isinstance(c, HubWidget) for c in (components or {}).values())
 
 
 def _check_prod_settings(on_server: bool, hub_api: str | None, http_timeout: float | None) -> None:

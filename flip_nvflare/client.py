@@ -31,15 +31,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLIP",
+    "clear_script_backend",
     "get_model_weights_diff",
     "prepared_cohort",
     "send_metrics_value",
+    "set_script_backend",
     "using_backend",
     "using_run_dir",
 ]
 
 _current: ContextVar[FLIPBase | None] = ContextVar("flip_nvflare_current_backend", default=None)
 _current_run_dir: ContextVar[Path | None] = ContextVar("flip_nvflare_current_run_dir", default=None)
+#: The backend a Client API script's FLIP() returns in this process (set by ClientApiRunner).
+_script_backend: list[FLIPBase] = []
 
 
 # ---------------------------------------------------------------------- the job's backend
@@ -55,29 +59,52 @@ def using_backend(backend: FLIPBase) -> Iterator[FLIPBase]:
         _current.reset(token)
 
 
-def FLIP() -> FLIPBase:
+def set_script_backend(backend: FLIPBase) -> None:
+    """Make ``backend`` what :func:`FLIP` returns to a Client API script in this process (ClientApiRunner)."""
+    _script_backend[:] = [backend]
+
+
+def clear_script_backend() -> None:
+    """Forget the Client API script's backend (at the end of the run)."""
+    _script_backend.clear()
+
+
+def FLIP(job_type: str | None = None) -> FLIPBase:
     """Return the running job's FLIP backend (dev or prod, as the job config says).
 
-    The FLIP runners (TrainerRunner, ValidatorRunner, EvaluatorRunner) make the job's backend
-    current around every call into the app (its constructor, ``execute`` and ``handle_event``), so
-    the answer is always the backend of the job the call belongs to, even when several jobs or
-    clients share a process. Nothing is kept between runs: outside those calls there is no
-    current backend.
+    Where the answer comes from:
+
+    - in code the FLIP runners call (TrainerRunner, ValidatorRunner, EvaluatorRunner: the app's
+      constructor, ``execute`` and ``handle_event``), the backend of the job the call belongs to;
+    - in a Client API script run in process (ClientApiRunner), the job's backend;
+    - in a Client API script run as its own process, the backend the job's client app config
+      describes (built once; see :mod:`flip_nvflare.executors.script_backend`).
+
+    Args:
+        job_type: Accepted for FLIP's signature (``FLIP(job_type=...)``); the job's config, not
+            this argument, decides which backend is returned.
 
     Raises:
-        FlipConfigError: Called outside a call made by a FLIP runner (e.g. from a thread the app
-            started itself, or outside a job).
+        FlipConfigError: Called outside a job (or from a thread of an executor-style app that the
+            runners did not start), or the script's job config names no usable backend.
     """
     current = _current.get()
     if current is not None:
         return current
+    if _script_backend:
+        return _script_backend[0]
+    from flip_nvflare.executors.script_backend import script_backend
+
+    built = script_backend()
+    if built is not None:
+        return built
     raise FlipConfigError(
-        "FLIP() returns the backend of the running job, and it was called outside the calls the FLIP runners "
-        "make into your app (its constructor, execute and handle_event). Keep the backend from your "
-        "constructor (self.flip = FLIP(), or accept a 'flip' argument) and pass it to the threads you start. "
-        "Outside a job, build a backend yourself: flip_nvflare.FLIPStandardDev(dataframe_csv=..., "
-        "images_dir=..., output_dir=...) for local files, or flip_nvflare.FLIPStandardProd() with the FLIP "
-        "environment variables set."
+        "FLIP() returns the backend of the running job, and it was called outside a job: not in a call the FLIP "
+        "runners make into your app (its constructor, execute and handle_event), nor in a Client API script "
+        "inside a job's app folder. In an executor-style app, keep the backend from your constructor "
+        "(self.flip = FLIP()) and pass it to the threads you start. Outside a job, build a backend yourself: "
+        "flip_nvflare.FLIPStandardDev(dataframe_csv=..., images_dir=..., output_dir=...) for local files, or "
+        "flip_nvflare.FLIPStandardProd() with the FLIP environment variables set."
     )
 
 

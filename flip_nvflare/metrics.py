@@ -2,10 +2,17 @@
 
 The server's MetricsForwarder receives it, maps the client to its trust, and delivers it to the
 hub. Client code never calls the hub itself. This module imports NVFlare only when called.
+
+Before a metric leaves, the site's metric policy decides (:class:`~flip_nvflare.filters.metric_policy.MetricPolicy`,
+read from the site's ``local/flip_metric_policy.json``, never from the job): a label the site does
+not allow, a label with a control character, or a non-finite value is dropped at the site and
+counted (in the site's log, and as a label-and-count report to the server for the run summary);
+values are rounded when the policy says so.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +21,10 @@ from flip_nvflare.errors import FlipArgumentTypeError, FlipInvalidArgument
 
 if TYPE_CHECKING:
     from nvflare.apis.fl_context import FLContext
+
+logger = logging.getLogger(__name__)
+_LOG_FIRST = 5
+_LOG_EVERY = 100
 
 #: Keys of the metric event's payload (a Shareable).
 METRIC_LABEL = "label"
@@ -57,8 +68,9 @@ def send_metrics_value(
 
     Args:
         label: The metric's name, e.g. ``"LOSS_FUNCTION"``; ``"LABEL@x_label"`` names an x-axis.
-        value: The value (a number, numpy scalar or one-element tensor). NaN and infinities are
-            sent on and dropped, counted, by the server.
+        value: The value (a number, numpy scalar or one-element tensor). NaN and infinities never
+            leave the site: they are dropped and counted, as are labels the site's metric policy
+            does not allow.
         fl_ctx: The FLContext of the task being executed.
         round: The global round (>= 0); defaults to the round of the task the client is running.
         x_value: Optional x coordinate for a curve of your own (H2 hubs), e.g. the epoch.
@@ -86,9 +98,12 @@ def send_metrics_value(
     engine = fl_ctx.get_engine()
     if engine is None:
         raise FlipInvalidArgument("send_metrics_value: fl_ctx has no engine; pass the FLContext of the running task.")
+    admitted = admit_metric(label, number, fl_ctx)
+    if admitted is None:
+        return
     payload = Shareable()
     payload[METRIC_LABEL] = label
-    payload[METRIC_VALUE] = number
+    payload[METRIC_VALUE] = admitted
     payload[METRIC_ROUND] = round if round is not None else current_round(fl_ctx)
     payload[METRIC_X_VALUE] = x_number
     payload[METRIC_X_LABEL] = x_label
@@ -98,3 +113,62 @@ def send_metrics_value(
         event_ctx.set_prop(FLContextKey.EVENT_DATA, payload, private=True, sticky=False)
         event_ctx.set_prop(FLContextKey.EVENT_SCOPE, value=EventScope.FEDERATION, private=True, sticky=False)
         engine.fire_event(FlipEvents.FED_SEND_METRIC, event_ctx)
+
+
+def admit_metric(label: object, value: object, fl_ctx: FLContext) -> float | None:
+    """The site's metric policy on one metric: the value that may leave, or None (dropped, counted, reported).
+
+    Every way a client's metric leaves the site calls this first: :func:`send_metrics_value`, and
+    NVFlare's analytics (``SummaryWriter``, ``flare.log``) before their event is sent. A drop is
+    logged at the site (the label, escaped, and the count; never the value) and reported to the
+    server as the label and its counts, for the run summary.
+
+    Args:
+        label: The metric's label as the client code gave it.
+        value: Its value.
+        fl_ctx: The FLContext of the running task (the site is found from its engine's workspace).
+
+    Returns:
+        The value to send (rounded if the policy says so), or None if it must not leave.
+    """
+    from flip_nvflare.filters.metric_policy import INVALID_LABEL, MetricPolicy, valid_label
+
+    policy = MetricPolicy.for_site(fl_ctx)
+    admitted = policy.admit(label, value)
+    if admitted is not None:
+        return admitted
+    shown = label if isinstance(label, str) and valid_label(label) else INVALID_LABEL
+    count = policy.dropped(shown)
+    if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+        reasons = ", ".join(f"{why} {n}" for why, n in policy.drops().get(shown, {}).items())
+        logger.warning(
+            "Metric %s was not sent: the site's metric policy (%s) dropped it (%s so far).",
+            ascii(shown),
+            policy.source,
+            reasons,
+        )
+    _report_drop(fl_ctx, shown, policy.drops().get(shown, {}))
+    return None
+
+
+def _report_drop(fl_ctx: FLContext, label: str, counts: dict[str, int]) -> None:
+    """Tell the server a metric was dropped: the label and its counts per reason, never a value."""
+    from nvflare.apis.fl_constant import EventScope, FLContextKey
+    from nvflare.apis.shareable import Shareable
+
+    from flip_nvflare.filters.budget import METRIC_DROP_EVENT
+
+    engine = fl_ctx.get_engine()
+    if engine is None:
+        return
+    payload = Shareable()
+    payload[METRIC_LABEL] = label
+    payload["dropped"] = dict(counts)
+    payload[METRIC_CLIENT] = fl_ctx.get_identity_name()
+    try:
+        with engine.new_context() as event_ctx:
+            event_ctx.set_prop(FLContextKey.EVENT_DATA, payload, private=True, sticky=False)
+            event_ctx.set_prop(FLContextKey.EVENT_SCOPE, value=EventScope.FEDERATION, private=True, sticky=False)
+            engine.fire_event(METRIC_DROP_EVENT, event_ctx)
+    except Exception:  # a report of a drop must never break the client's code
+        logger.warning("The report of a dropped metric could not be sent to the server.", exc_info=True)

@@ -3,7 +3,9 @@
 Dev mode (the default) runs the ``flip_standard`` job with the dev backend: the "hub" is a ledger
 of files in the server's run folder. ``--prod`` runs the same job in prod mode against the FLIP
 services emulator and moto's S3 server, both started for the run, and reports from what the
-emulated hub recorded and the zip in the bucket.
+emulated hub recorded and the zip in the bucket. ``--tracking mlflow`` (dev mode) also tracks the
+run in MLflow (a local SQLite store under the working folder unless ``MLFLOW_TRACKING_URI`` is set)
+and ends by printing the ``mlflow ui`` command to look at it (:mod:`flip_nvflare_demo.tracking`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flip_nvflare.constants import FlipMode, JobType
+from flip_nvflare.jobs.templates import STYLES
 from flip_nvflare_demo.data import MAX_SITES
+
+#: ``--tracking`` choices (flip_nvflare_demo.tracking.CHOICES, without importing it for --help).
+TRACKING_CHOICES = ("mlflow",)
 
 if TYPE_CHECKING:
     from flip_nvflare_demo.report import RunRecord
@@ -83,9 +89,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"seconds before the run is stopped (default {BASE_TIMEOUT:.0f}, plus {TIMEOUT_PER_EXTRA_SITE:.0f} "
         f"per site beyond {SITES})",
     )
+    parser.add_argument(
+        "--tracking",
+        choices=TRACKING_CHOICES,
+        default=None,
+        help="dev mode: also track the run in MLflow (a local SQLite store under the working folder, or "
+        "MLFLOW_TRACKING_URI if set) and print the `mlflow ui` command at the end",
+    )
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="executor",
+        help="the app's style: executor (FLIP_TRAINER classes, the flip_standard template; default) or client_api "
+        "(a Client API script, the job built by FlipFedAvgRecipe as FLIP's tutorials build theirs; dev mode)",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.prod and args.style != "executor":
+        parser.error("--style client_api applies to the dev demo")
     if args.prod and args.sites != SITES:
         parser.error(f"--sites applies to the dev demo; --prod runs {SITES} sites served by one emulated trust")
+    if args.tracking is not None:
+        from flip_nvflare_demo.tracking import mlflow_missing
+
+        if args.prod:
+            parser.error("--tracking applies to the dev demo")
+        missing = mlflow_missing()
+        if missing:
+            parser.error(missing)
     workdir: Path = args.workdir.resolve()
     timeout: float = args.timeout if args.timeout is not None else default_timeout(args.sites)
     try:
@@ -93,19 +123,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             from flip_nvflare_demo.prod import run_prod_demo
 
             return run_prod_demo(workdir, timeout=timeout)
-        return run_dev_demo(workdir, timeout=timeout, sites=args.sites)
+        return run_dev_demo(workdir, timeout=timeout, sites=args.sites, tracking=args.tracking, style=args.style)
     except KeyboardInterrupt:
         print("\ndemo interrupted; every process it started was stopped.", file=sys.stderr)
         return 130
 
 
-def run_dev_demo(workdir: Path, *, timeout: float | None = None, sites: int = SITES) -> int:
-    """The dev-mode demo with ``sites`` sites: data, job, simulator, report. Returns the exit code."""
-    from flip_nvflare_demo.report import from_dev_ledger, render
+def run_dev_demo(
+    workdir: Path,
+    *,
+    timeout: float | None = None,
+    sites: int = SITES,
+    tracking: str | None = None,
+    style: str = "executor",
+) -> int:
+    """The dev-mode demo with ``sites`` sites: data, job, simulator, report. Returns the exit code.
+
+    Args:
+        workdir: The working folder.
+        timeout: Seconds before the run is stopped (default: by the number of sites).
+        sites: How many sites train.
+        tracking: ``"mlflow"`` to track the run in MLflow too (see :mod:`flip_nvflare_demo.tracking`).
+        style: ``"executor"`` (the FLIP_TRAINER app) or ``"client_api"`` (the Client API app and its recipe).
+    """
+    from flip_nvflare_demo.report import from_dev_ledger, render, with_plot
     from flip_nvflare_demo.simulate import run_simulation
 
     started = time.monotonic()
-    job_dir, workspace = prepare_run(workdir, FlipMode.DEV, sites=sites)
+    job_dir, workspace = prepare_run(workdir, FlipMode.DEV, sites=sites, style=style)
+    tracked = None
+    if tracking == "mlflow":
+        from flip_nvflare_demo.tracking import DemoTracking
+
+        tracked = DemoTracking.for_workdir(workdir)
+        tracked.add_to_job(job_dir)
+        print(f"MLflow tracking: {tracked.shown_uri()} (MlflowTracker added to the job)")
     ledger = workspace / "server" / "simulate_job" / "flip_dev"
     progress = StatusPrinter(lambda: _dev_statuses(ledger), started)
     print(f"Running the simulator ({sites} sites); its log: {workspace.with_name(workspace.name + '.log')}")
@@ -118,14 +170,21 @@ def run_dev_demo(workdir: Path, *, timeout: float | None = None, sites: int = SI
         on_poll=progress,
     )
     record = from_dev_ledger(result.server_run_dir / "flip_dev", DEMO_MODEL_ID)
-    return finish(record, result.return_code, result.log_tail(), time.monotonic() - started, render)
+    code = finish(record, result.return_code, result.log_tail(), time.monotonic() - started, with_plot(render, workdir))
+    if tracked is not None:
+        print()
+        print("\n".join(tracked.describe(DEMO_MODEL_ID)))
+    return code
 
 
-def prepare_run(workdir: Path, mode: FlipMode, *, sites: int = SITES, **job_options: str) -> tuple[Path, Path]:
+def prepare_run(
+    workdir: Path, mode: FlipMode, *, sites: int = SITES, style: str = "executor", **job_options: str
+) -> tuple[Path, Path]:
     """Generate the data (reused when present) and build the job; return (job folder, fresh workspace).
 
     In dev mode ``job create`` takes the sites and ``min_clients`` from the data's site folders;
-    in prod mode ``min_clients`` is ``sites``, as FLIP's hub would set it.
+    in prod mode ``min_clients`` is ``sites``, as FLIP's hub would set it. With ``style="client_api"``
+    the job is the Client API app's recipe (``app_client_api/job.py``), exported.
     """
     from flip_nvflare.jobs.create import JobRequest, build_job
     from flip_nvflare_demo.data import DemoDataSpec, generate_demo_data, simulator_sites
@@ -139,6 +198,12 @@ def prepare_run(workdir: Path, mode: FlipMode, *, sites: int = SITES, **job_opti
         else ", ".join(f"{s.site}: {s.cases} studies" for s in data.sites)
     )
     print(f"Demo data: {data.root} ({shown})")
+    if style == "client_api":
+        job_dir = _export_client_api_job(workdir, data.root, sites, mode, **job_options)
+        print(
+            f"Job: {job_dir} (exported by FlipFedAvgRecipe from {client_api_dir() / 'job.py'}, flip_mode {mode.value})"
+        )
+        return job_dir, _fresh_workspace(workdir)
     created = build_job(
         JobRequest(
             job_type=JobType.STANDARD,
@@ -159,11 +224,45 @@ def prepare_run(workdir: Path, mode: FlipMode, *, sites: int = SITES, **job_opti
         print(f"  {note}")
     for warning in created.warnings:
         print(f"  warning: {warning}")
+    return job_dir, _fresh_workspace(workdir)
+
+
+def client_api_dir() -> Path:
+    """The bundled demo app in the Client API style (its scripts and ``job.py``)."""
+    return Path(__file__).resolve().parent / "app_client_api"
+
+
+def _export_client_api_job(workdir: Path, data_root: Path, sites: int, mode: FlipMode, **job_options: str) -> Path:
+    """Build the Client API demo's recipe from its ``job.py`` (as a FLIP user runs it) and export the job."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("flip_demo_client_api_job", client_api_dir() / "job.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rounds = int(json.loads((app_dir() / "config.json").read_text())["GLOBAL_ROUNDS"])
+    recipe = module.build(
+        rounds,
+        sites,
+        dev_data=data_root if mode is FlipMode.DEV else None,
+        flip_mode=mode.value,
+        model_id=job_options.get("model_id", DEMO_MODEL_ID),
+        **{k: v for k, v in job_options.items() if k in ("project_id", "query")},
+    )
+    export = workdir / "job"
+    if export.exists():
+        shutil.rmtree(export)
+    recipe.export(export)
+    return export / recipe.job.name
+
+
+def _fresh_workspace(workdir: Path) -> Path:
     workspace = workdir / "workspace"
     if workspace.exists():
         shutil.rmtree(workspace)
     workspace.with_name(workspace.name + ".log").unlink(missing_ok=True)
-    return job_dir, workspace
+    return workspace
 
 
 class StatusPrinter:

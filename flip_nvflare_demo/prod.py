@@ -23,7 +23,7 @@ def run_prod_demo(workdir: Path, *, timeout: float = 600.0) -> int:
     from flip_nvflare_demo.cli import DEMO_MODEL_ID, SITES, StatusPrinter, finish, prepare_run
     from flip_nvflare_demo.data import generate_demo_data
     from flip_nvflare_demo.population import DEMO_QUERY, write_population
-    from flip_nvflare_demo.report import from_emulator, render
+    from flip_nvflare_demo.report import from_emulator, render, with_plot
     from flip_nvflare_demo.simulate import run_simulation
 
     started = time.monotonic()
@@ -56,4 +56,4 @@ def run_prod_demo(workdir: Path, *, timeout: float = 600.0) -> int:
         record = from_emulator(emulator, DEMO_MODEL_ID)
         seconds = time.monotonic() - started
         print(f"\nWhat the hub received: flip-nvflare emulate --show {DEMO_MODEL_ID} --data-dir {emulator.data_dir}")
-    return finish(record, result.return_code, result.log_tail(), seconds, render)
+    return finish(record, result.return_code, result.log_tail(), seconds, with_plot(render, workdir))

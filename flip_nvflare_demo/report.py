@@ -3,6 +3,11 @@
 A :class:`RunRecord` is what the hub saw of one run. It is read either from the dev backend's
 ledger (``status.jsonl``, ``metrics.jsonl`` and the results zip in the server's ``flip_dev``
 folder) or from the emulator's record and the zip in its S3 bucket, then rendered as text.
+
+:func:`with_plot` adds the pictures: the text report is saved as ``report.txt`` in the demo's
+working folder, next to ``metrics.png``, one panel per metric with a line per trust over the
+rounds (:func:`metrics_figure`). The plot needs matplotlib (the ``plots`` extra), imported only
+then; without it the report says how to get the PNG and the demo goes on.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import io
 import json
 import statistics
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from flip_nvflare.jobs.check import natural_key
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from flip_emulator.handle import EmulatorHandle
 
 #: The metric the demo app reports for the global model at each round (the key metric).
@@ -31,6 +38,13 @@ LEARNED = 0.75
 #: Up to this many sites the cross-site table has a column per site; beyond, a row per site.
 WIDE_TABLE_SITES = 4
 VALIDATION_JSON = "cross_val_results.json"
+#: What the demo writes into its working folder.
+REPORT_FILE = "report.txt"
+PLOT_FILE = "metrics.png"
+#: Panels per row of the metrics plot.
+PLOT_COLUMNS = 3
+#: How to get the plot when matplotlib is missing.
+PLOTS_HINT = "pip install 'flip-nvflare[plots]'"
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class MetricValue:
     round: int
     label: str
     value: float
+    trust: str | None = None
 
 
 @dataclass
@@ -81,6 +96,14 @@ class RunRecord:
     def sites(self) -> list[str]:
         """Sites that sent metrics, in natural order (``site-2`` before ``site-10``)."""
         return sorted({m.site for m in self.metrics}, key=natural_key)
+
+    def labels(self) -> list[str]:
+        """Metric labels received, the key metric first, then by name."""
+        return sorted({m.label for m in self.metrics}, key=lambda label: (label != KEY_METRIC, label))
+
+    def trust_of(self, site: str) -> str | None:
+        """The trust a site's metrics were reported under, when the hub said."""
+        return next((m.trust for m in self.metrics if m.site == site and m.trust), None)
 
     def series(self, label: str, site: str) -> dict[int, float]:
         """Round -> value of ``label`` at ``site`` (the last value if a round has several)."""
@@ -137,7 +160,10 @@ def from_dev_ledger(output_dir: str | Path, model_id: str) -> RunRecord:
     for row in _jsonl(folder / "metrics.jsonl"):
         if row.get("model_id") == model_id:
             site = str(row.get("fl_client_name") or row.get("trust"))
-            record.metrics.append(MetricValue(site, int(row["global_round"]), str(row["label"]), float(row["result"])))
+            trust = str(row["trust"]) if row.get("trust") else None
+            record.metrics.append(
+                MetricValue(site, int(row["global_round"]), str(row["label"]), float(row["result"]), trust)
+            )
     zips = sorted((folder / "results" / model_id).glob("*.zip"))
     if zips:
         record.results_location = str(zips[-1].resolve())
@@ -155,7 +181,7 @@ def from_emulator(handle: EmulatorHandle, model_id: str) -> RunRecord:
         record.statuses = [StatusEvent(s.status, s.received_at - start) for s in applied]
     for metric in records.metrics:
         site = metric.fl_client_name or metric.trust or "?"
-        record.metrics.append(MetricValue(site, metric.global_round, metric.label, metric.result))
+        record.metrics.append(MetricValue(site, metric.global_round, metric.label, metric.result, metric.trust))
     keys = sorted(handle.results(model_id))
     if keys and handle.bucket and handle.s3_endpoint:
         bucket = handle.bucket.removeprefix("s3://").split("/", 1)[0]
@@ -233,7 +259,7 @@ def render(record: RunRecord, *, seconds: float | None = None) -> str:
 
 
 def _metrics_table(record: RunRecord, sites: list[str]) -> list[str]:
-    labels = sorted({m.label for m in record.metrics}, key=lambda label: (label != KEY_METRIC, label))
+    labels = record.labels()
     if not labels:
         return ["  (no metric received)"]
     rows = [["site", "round", *labels]]
@@ -274,3 +300,84 @@ def _table(rows: list[list[str]]) -> list[str]:
     return [
         "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+
+
+# ---------------------------------------------------------------------- pictures
+
+
+def metrics_figure(record: RunRecord) -> Figure | None:
+    """One panel per metric, one line per trust over the rounds; None when no metric was received.
+
+    Uses matplotlib's object API (no pyplot, no global backend): the caller saves or inspects it.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = record.labels()
+    if not labels:
+        return None
+    sites = record.sites()
+    columns = min(PLOT_COLUMNS, len(labels))
+    rows = -(-len(labels) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for index, label in enumerate(labels):
+        ax = axes[index // columns][index % columns]
+        for site in sites:
+            series = record.series(label, site)
+            if not series:
+                continue
+            rounds = sorted(series)
+            trust = record.trust_of(site)
+            name = f"{trust} ({site})" if trust and trust != site else site
+            ax.plot(rounds, [series[r] for r in rounds], marker="o", label=name)
+        ax.set_title(label)
+        ax.set_xlabel("round")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    for index in range(len(labels), rows * columns):
+        figure.delaxes(axes[index // columns][index % columns])
+    figure.suptitle(f"FLIP demo, model {record.model_id}: metrics per trust and round")
+    return figure
+
+
+def save_metrics_plot(record: RunRecord, folder: str | Path) -> str:
+    """Write ``metrics.png`` into ``folder`` and return the report line saying where (or why not).
+
+    Without matplotlib nothing is written and the line says how to get it; the demo goes on.
+    """
+    target = Path(folder) / PLOT_FILE
+    try:
+        figure = metrics_figure(record)
+    except ImportError:
+        return f"Metrics plot: not drawn, matplotlib is not installed ({PLOTS_HINT} draws {target} next time)"
+    if figure is None:
+        return "Metrics plot: none (no metric received)"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=100)
+    return f"Metrics plot: {target}"
+
+
+def with_plot(render_text: Callable[..., str], folder: str | Path) -> Callable[..., str]:
+    """``render_text`` that also saves the report as ``report.txt`` and the plot as ``metrics.png`` in ``folder``.
+
+    Args:
+        render_text: Renders a :class:`RunRecord` as text (:func:`render`).
+        folder: The demo's working folder.
+
+    Returns:
+        A renderer with :func:`render`'s signature whose text ends with where the files are.
+    """
+
+    def render_and_plot(record: RunRecord, *, seconds: float | None = None) -> str:
+        text = render_text(record, seconds=seconds)
+        report = Path(folder) / REPORT_FILE
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(text + "\n", encoding="utf-8")
+        return "\n".join([text, "", f"Report: {report}", save_metrics_plot(record, folder)])
+
+    return render_and_plot

@@ -87,6 +87,7 @@ class FakeEngine:
         components: Components by id (``engine.get_component``).
         listeners: Components that receive every fired event (besides ``components``).
         secure: Whether this is a provisioned (secure) deployment.
+        job_meta: The job's meta.json (``FLContextKey.JOB_META``), if any.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class FakeEngine:
         listeners: Iterable[FLComponent] = (),
         secure: bool = False,
         job_id: str = JOB_ID,
+        job_meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.identity = identity or ("server" if server else "site-1")
         workspace_root = root / "workspace"
@@ -122,7 +124,7 @@ class FakeEngine:
             engine=self.mock,
             identity_name=self.identity,
             job_id=job_id,
-            public_stickers={FLContextKey.SECURE_MODE: secure},
+            public_stickers={FLContextKey.SECURE_MODE: secure, FLContextKey.JOB_META: job_meta},
             private_stickers={FLContextKey.RUN_ABORT_SIGNAL: self.abort_signal},
         )
         self.mock.new_context.side_effect = self.manager.new_context

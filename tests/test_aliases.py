@@ -158,7 +158,9 @@ TEMPLATE_PATHS = _template_paths()
 
 def test_the_templates_name_flip_nvflare_components() -> None:
     templates = {where.split("/")[0] for where, _ in TEMPLATE_PATHS}
-    assert templates == {"flip_standard", "flip_evaluation", "flip_fed_opt"}
+    assert templates == {
+        f"flip_{kind}{style}" for kind in ("standard", "evaluation", "fed_opt") for style in ("", "_client_api")
+    }
 
 
 @pytest.mark.parametrize(("where", "path"), TEMPLATE_PATHS, ids=[f"{w}:{p}" for w, p in TEMPLATE_PATHS])

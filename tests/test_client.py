@@ -48,7 +48,7 @@ def test_no_backend_outlives_the_calls_that_made_it_current() -> None:
     with using_backend(backend):
         assert FLIP() is backend
     assert not hasattr(client, "_job_backends")
-    with pytest.raises(FlipConfigError, match="outside the calls"):
+    with pytest.raises(FlipConfigError, match="called outside a job"):
         FLIP()
 
 

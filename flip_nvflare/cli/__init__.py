@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "job": ("flip_nvflare.cli.jobs", "job_main", "create a job from a FLIP template: job create --type ... --app ..."),
     "check-app": ("flip_nvflare.cli.jobs", "check_app_main", "check a FLIP app folder for what its job type needs"),
     "site-policy": ("flip_nvflare.cli.site_policy", "main", "render a trust's privacy policy: site-policy render"),
+    "verify-results": (
+        "flip_nvflare.cli.verify",
+        "main",
+        "check a results zip against its provenance.json (SHA-256 of every file) and print the provenance",
+    ),
 }
 
 

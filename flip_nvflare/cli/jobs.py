@@ -5,12 +5,15 @@ Examples::
     flip-nvflare check-app --type standard my_app/
     flip-nvflare job create --type standard --app my_app/ --job jobs/my_job --dev-data data/
     flip-nvflare check-app jobs/my_job            # a job folder: its app, and min_clients against its sites
+    flip-nvflare job create --type standard --app my_app/ --job jobs/gpu_job --dev-data data/ --gpus 1 --gpu-mem 16
+    flip-nvflare job create --type standard --style client_api --app my_scripts/ --job jobs/my_job --dev-data data/
     nvflare simulator jobs/my_job -w /tmp/ws -n 2 -t 2
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +22,34 @@ from flip_nvflare.constants import FlipMode, JobType
 from flip_nvflare.errors import FlipError
 from flip_nvflare.jobs.check import app_defaults, check_app, check_job, format_problems, is_job_dir
 from flip_nvflare.jobs.create import JobRequest, build_job
+from flip_nvflare.jobs.resources import MAX_GPUS_PER_SITE, MAX_MEM_PER_GPU_GIB
+from flip_nvflare.jobs.templates import STYLES
 
 _TYPES = [t.value for t in JobType]
+
+
+def gpu_count(text: str) -> int:
+    """``--gpus``: an integer from 1 to MAX_GPUS_PER_SITE (``1.5``, ``0``, ``-1`` and ``true`` are refused)."""
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_GPUS_PER_SITE:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_GPUS_PER_SITE}, not {text!r}")
+    return value
+
+
+def gpu_memory(text: str) -> float:
+    """``--gpu-mem``: GiB per GPU, a number above 0 and at most MAX_MEM_PER_GPU_GIB (an integer stays one)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_MEM_PER_GPU_GIB):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of GiB above 0 and at most {MAX_MEM_PER_GPU_GIB}, not {text!r}"
+        )
+    return int(value) if value.is_integer() else value
 
 
 def check_app_main(argv: Sequence[str]) -> int:
@@ -43,6 +72,9 @@ def check_app_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--sites", type=int, help="job folder: how many sites will run it (default: participating_clients or dev data)"
     )
+    parser.add_argument(
+        "--style", choices=STYLES, default="executor", help="the app's style: executor (default) or client_api"
+    )
     parser.add_argument("app", type=Path, help="the app folder (what becomes a job's custom/ folder), or a job folder")
     args = parser.parse_args(list(argv))
     if is_job_dir(args.app):
@@ -52,7 +84,7 @@ def check_app_main(argv: Sequence[str]) -> int:
     if args.sites is not None:
         parser.error("--sites applies to a job folder")
     try:
-        problems = check_app(args.app, args.type, checkpoints_dir=args.checkpoints)
+        problems = check_app(args.app, args.type, checkpoints_dir=args.checkpoints, style=args.style)
     except FlipError as exc:
         print(f"check-app: {exc}", file=sys.stderr)
         return 2
@@ -115,8 +147,30 @@ def job_main(argv: Sequence[str]) -> int:
         type=int,
         help="clients needed to run (default: one per --dev-data site folder, else 2; prod: the hub sets it)",
     )
+    create.add_argument(
+        "--gpus",
+        type=gpu_count,
+        metavar="N",
+        help="GPUs each site must give the job: NVFlare's resource_spec in meta.conf (default: the app's "
+        "config.json RESOURCE_SPEC, else none)",
+    )
+    create.add_argument(
+        "--gpu-mem",
+        type=gpu_memory,
+        metavar="GiB",
+        help="memory each of those GPUs must have, in GiB (needs --gpus and the sites named by --dev-data)",
+    )
+    create.add_argument(
+        "--style",
+        choices=STYLES,
+        default="executor",
+        help="the app's style: executor (FLIP_TRAINER... classes, default) or client_api (NVFlare Client API "
+        "scripts trainer.py / evaluator.py; the *_client_api templates the recipes export)",
+    )
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     args = parser.parse_args(list(argv))
+    if args.gpu_mem is not None and args.gpus is None:
+        create.error("--gpu-mem needs --gpus (the number of GPUs per site)")
 
     request = JobRequest(
         job_type=JobType(args.type),
@@ -130,6 +184,9 @@ def job_main(argv: Sequence[str]) -> int:
         query=args.query,
         min_clients=args.min_clients,
         force=args.force,
+        gpus=args.gpus,
+        gpu_mem=args.gpu_mem,
+        style=args.style,
     )
     try:
         created = build_job(request)
@@ -137,7 +194,8 @@ def job_main(argv: Sequence[str]) -> int:
         print(f"job create: {exc}", file=sys.stderr)
         return 1
     job_dir = created.job_dir
-    print(f"Created {args.type} job {job_dir} (flip_mode {args.mode}).")
+    style = " Client API" if args.style == "client_api" else ""
+    print(f"Created {args.type}{style} job {job_dir} (flip_mode {args.mode}).")
     for note in created.notes:
         print(f"  {note}")
     for warning in created.warnings:

@@ -34,6 +34,9 @@ FLIP_IMPORTS: dict[str, str] = {
     "flip_nvflare:ResultsUploadError": "flip_nvflare.errors:FlipResultsUploadError",
     "flip_nvflare.utils:get_model_weights_diff": "flip_nvflare.compat.weights:get_model_weights_diff",
     "flip_nvflare.nvflare.metrics:send_metrics_value": "flip_nvflare.metrics:send_metrics_value",
+    "flip_nvflare.nvflare.recipes:FlipFedAvgRecipe": "flip_nvflare.recipes.fedavg:FlipFedAvgRecipe",
+    "flip_nvflare.nvflare.recipes:FlipFedOptRecipe": "flip_nvflare.recipes.fedopt:FlipFedOptRecipe",
+    "flip_nvflare.nvflare.recipes:FlipEvalRecipe": "flip_nvflare.recipes.evaluation:FlipEvalRecipe",
 }
 
 #: FLIP names (``module:name``, ``flip`` changed to ``flip_nvflare``) flip-nvflare does not provide, and what to
@@ -54,20 +57,10 @@ FLIP_UNSUPPORTED: dict[str, str] = {
         "sends them to the hub; client code only calls send_metrics_value"
     ),
 }
-_RECIPE = (
-    "flip-nvflare builds jobs from its NVFlare job templates instead of recipes: "
-    "flip-nvflare job create --type {kind} --app APP --job JOB (or nvflare job create -w job_templates/flip_{kind})"
-)
-FLIP_UNSUPPORTED.update(
-    {
-        "flip_nvflare.nvflare.recipes:FlipFedAvgRecipe": _RECIPE.format(kind="standard"),
-        "flip_nvflare.nvflare.recipes:FlipFedOptRecipe": _RECIPE.format(kind="fed_opt"),
-        "flip_nvflare.nvflare.recipes:FlipEvalRecipe": _RECIPE.format(kind="evaluation"),
-        "flip_nvflare.nvflare.recipes:FlipDiffusionRecipe": (
-            "flip-nvflare has no multi-stage diffusion recipe: train the stages as standard jobs "
-            "(flip-nvflare job create --type standard), the autoencoder's checkpoint loaded by the app's get_model()"
-        ),
-    }
+FLIP_UNSUPPORTED["flip_nvflare.nvflare.recipes:FlipDiffusionRecipe"] = (
+    "flip-nvflare has no multi-stage diffusion recipe (the supported recipes are FlipFedAvgRecipe, FlipFedOptRecipe "
+    "and FlipEvalRecipe): train the stages as standard jobs, the autoencoder's checkpoint loaded by the app's "
+    "get_model()"
 )
 
 

@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "EvaluationReporter": "flip_nvflare.components.evaluation_report",
     "SiteLossReporter": "flip_nvflare.components.site_loss",
     "JobWatcher": "flip_nvflare.components.job_watch",
+    "PrivacyLedger": "flip_nvflare.components.privacy_ledger",
+    "MlflowTracker": "flip_nvflare.components.tracking",
 }
 
 #: Names this package used to export, each with its new path (they work until the next release).
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from flip_nvflare.components.exceptions import ExceptionForwarder as ExceptionForwarder
     from flip_nvflare.components.job_watch import JobWatcher as JobWatcher
     from flip_nvflare.components.metrics import MetricsForwarder as MetricsForwarder
+    from flip_nvflare.components.privacy_ledger import PrivacyLedger as PrivacyLedger
     from flip_nvflare.components.progress import ProgressReporter as ProgressReporter
     from flip_nvflare.components.result_json import EvaluationJsonGenerator as EvaluationJsonGenerator
     from flip_nvflare.components.result_json import ValidationJsonGenerator as ValidationJsonGenerator
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from flip_nvflare.components.session import HubSession as HubSession
     from flip_nvflare.components.site_loss import SiteLossReporter as SiteLossReporter
     from flip_nvflare.components.status import StatusReporter as StatusReporter
+    from flip_nvflare.components.tracking import MlflowTracker as MlflowTracker
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, moved=MOVED)

@@ -10,7 +10,15 @@ backend:
   exception logs) between two barriers go out concurrently over up to ``concurrency`` connections,
   which is what lets a slow hub keep up with a busy run; items of one *series* (one trust's values
   of one metric) still go one at a time, in order, so a curve reaches the hub in round order even
-  when some of its points had to wait out an outage.
+  when some of its points had to wait out an outage. Each sender takes its next call itself (the
+  next of its series if one waits, else the next free to go), so a connection is never idle while
+  a call could use it: with ``concurrency`` connections to a hub that takes ``L`` seconds per call,
+  ``N`` metrics take little more than ``N * L / concurrency`` (measured by ``bench/bench_delivery.py``).
+* **Connections.** ``concurrency`` (default 8) is the knob: ``hub_concurrency`` in the
+  FlipBackend's job-config args, which sets ``SessionSettings.concurrency`` of the job's HubSession.
+  More connections deliver faster from a hub with high latency and load it more; the hub has no
+  batch route for metrics (one ``POST /api/model/{model_id}/metrics`` per value), so this is the
+  only way to raise the rate.
 * **Outages.** A hub that cannot be reached or answers 429/502/503/504 is retried with backoff for
   as long as the run lasts, so a hub that is down for a while costs nothing. Any other 5xx answer
   (or an unexpected error) is retried a few times. A refusal (4xx, bad settings) is final: the
@@ -167,7 +175,8 @@ class HubDelivery:
 
     Args:
         backend: The job's FLIP backend; its methods are called from the delivery threads.
-        concurrency: Unordered calls (metrics, logs) in flight at once.
+        concurrency: Unordered calls (metrics, logs) in flight at once, each on its own connection;
+            in a job, the FlipBackend's ``hub_concurrency`` arg (default 8).
         max_pending: Droppable calls allowed to wait in the queue.
         retry: Retry policy across failures.
         name: Name used in thread names and logs (e.g. the model id).
@@ -194,14 +203,16 @@ class HubDelivery:
         self._retry = retry or default_delivery_retry()
         self._name = name
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the dispatcher waits on it (new calls, free connections)
+        self._work_ready = threading.Condition(lock)  # idle senders wait on it, woken one at a time
         self._queue: deque[HubCall] = deque()
         self._pending_droppable = 0
         self._unfinished = 0  # submitted and not yet delivered, rejected or abandoned
         self._idle = threading.Event()  # set exactly when _unfinished is 0 (changed with the lock held)
         self._idle.set()
-        self._in_flight = 0  # unordered calls handed to workers and not finished
-        self._work: deque[HubCall] = deque()  # unordered calls waiting for a worker
+        self._in_flight = 0  # unordered calls taken by senders and not finished
+        self._barrier = False  # an ordered call is being delivered: nothing else may start
         self._series_busy: set[str] = set()  # series with a call handed to a worker
         self._series_waiting: dict[str, deque[HubCall]] = {}  # later calls of a busy series, in order
         self._report = DeliveryReport()
@@ -243,7 +254,10 @@ class HubDelivery:
                     self._pending_droppable += 1
                 if not self._threads:
                     self._start_threads()
-                self._cond.notify_all()
+                if call.ordered:
+                    self._cond.notify()  # the dispatcher
+                else:
+                    self._work_ready.notify()  # one idle sender (a busy one takes it when it is free)
         if late:
             logger.warning("FLIP hub delivery is closed: %s was not sent.", call.what)
             return False
@@ -263,7 +277,7 @@ class HubDelivery:
     def pending_by_name(self) -> Counter[str]:
         """Calls queued and not yet handed to a sender, by :attr:`HubCall.name` (in flight ones aside)."""
         with self._cond:
-            waiting = [*self._queue, *self._work, *(c for q in self._series_waiting.values() for c in q)]
+            waiting = [*self._queue, *(c for q in self._series_waiting.values() for c in q)]
         return Counter(call.name for call in waiting)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -294,15 +308,15 @@ class HubDelivery:
         with self._cond:
             if not self._stop.is_set():
                 self._stop.set()
-                abandoned = list(self._queue) + list(self._work)
+                abandoned = list(self._queue)
                 for waiting in self._series_waiting.values():
                     abandoned.extend(waiting)
                 self._queue.clear()
-                self._work.clear()
                 self._series_waiting.clear()
                 for call in abandoned:
                     self._finish(call, "undelivered")
                 self._cond.notify_all()
+                self._work_ready.notify_all()
             snapshot = self._report.copy()
             if self._unfinished:
                 # calls in an HTTP request right now: they finish in their own thread, maybe too late
@@ -321,66 +335,91 @@ class HubDelivery:
             thread.start()
 
     def _dispatch(self) -> None:
-        """Take calls in order; run barriers alone, hand the rest to the workers."""
+        """Deliver the barriers (ordered calls): each alone, once everything before it has finished."""
         while True:
             with self._cond:
-                while not self._queue and not self._stop.is_set():
+                while not self._stop.is_set() and not (self._queue and self._queue[0].ordered):
+                    self._cond.wait()
+                while self._in_flight and not self._stop.is_set():
                     self._cond.wait()
                 if self._stop.is_set():
                     return
                 call = self._queue.popleft()
                 if call.droppable:
                     self._pending_droppable -= 1
-                if call.ordered:
-                    while self._in_flight and not self._stop.is_set():
-                        self._cond.wait()
-                else:
-                    while self._in_flight >= self._concurrency and not self._stop.is_set():
-                        self._cond.wait()
-                if self._stop.is_set():
-                    self._finish(call, "undelivered")
-                    return
-                if not call.ordered:
-                    if call.series is not None and call.series in self._series_busy:
-                        self._series_waiting.setdefault(call.series, deque()).append(call)
-                        continue
-                    if call.series is not None:
-                        self._series_busy.add(call.series)
-                    self._in_flight += 1
-                    self._work.append(call)
-                    self._cond.notify_all()
-                    continue
-            self._deliver(call)
-
-    def _work_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._work and not self._stop.is_set():
-                    self._cond.wait()
-                if self._stop.is_set():
-                    return
-                call = self._work.popleft()
+                self._barrier = True
             try:
                 self._deliver(call)
             finally:
                 with self._cond:
-                    self._in_flight -= 1
-                    self._next_of_series(call)
-                    self._cond.notify_all()
+                    self._barrier = False
+                    self._work_ready.notify_all()  # the calls after it may go now
 
-    def _next_of_series(self, done: HubCall) -> None:
-        """Hand the next waiting call of ``done``'s series to the workers, or free the series (lock held)."""
+    def _take(self) -> HubCall | None:
+        """The next call a sender may deliver now, if any (lock held).
+
+        Calls are taken in submission order, up to the next barrier. A call whose series already
+        has a call in flight waits behind it (the sender of that call delivers it next).
+        """
+        while self._queue and not self._barrier and not self._stop.is_set():
+            call = self._queue[0]
+            if call.ordered:
+                return None  # the dispatcher's: once the calls before it have finished
+            self._queue.popleft()
+            if call.droppable:
+                self._pending_droppable -= 1
+            if call.series is not None:
+                if call.series in self._series_busy:
+                    self._series_waiting.setdefault(call.series, deque()).append(call)
+                    continue
+                self._series_busy.add(call.series)
+            self._in_flight += 1
+            return call
+        return None
+
+    def _work_loop(self) -> None:
+        """A sender: deliver a call, then the next of its series if one waits, else the next call free to go.
+
+        Senders take their calls themselves (no hand-over through another thread), so a finished
+        call is followed by the next request at once, and at most ``concurrency`` are in flight.
+        """
+        call: HubCall | None = None
+        while True:
+            with self._cond:
+                while call is None:
+                    if self._stop.is_set():
+                        return
+                    call = self._take()
+                    if call is None:
+                        self._work_ready.wait()
+            try:
+                self._deliver(call)
+            finally:
+                with self._cond:
+                    follow = self._next_of_series(call)
+                    if follow is None:
+                        self._in_flight -= 1
+                        if not self._in_flight:
+                            self._cond.notify()  # a barrier may be waiting for the senders to finish
+                        follow = self._take()
+                    call = follow
+
+    def _next_of_series(self, done: HubCall) -> HubCall | None:
+        """The next waiting call of ``done``'s series (it keeps ``done``'s place in flight), or None (lock held).
+
+        With None the series is free again.
+        """
         if done.series is None:
-            return
+            return None
         waiting = self._series_waiting.get(done.series)
         if waiting and not self._stop.is_set():
-            self._in_flight += 1
-            self._work.append(waiting.popleft())
+            follow = waiting.popleft()
             if not waiting:
                 del self._series_waiting[done.series]
-        else:
-            self._series_busy.discard(done.series)
-            self._series_waiting.pop(done.series, None)
+            return follow
+        self._series_busy.discard(done.series)
+        self._series_waiting.pop(done.series, None)
+        return None
 
     def _deliver(self, call: HubCall) -> None:
         """Make the call, retrying as the policy says; record how it ended."""
@@ -439,7 +478,6 @@ class HubDelivery:
         self._unfinished -= 1
         if not self._unfinished:
             self._idle.set()
-        self._cond.notify_all()
 
 
 def _describe(exc: BaseException) -> str:

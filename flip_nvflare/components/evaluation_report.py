@@ -37,6 +37,7 @@ from nvflare.app_common.abstract.model_locator import ModelLocator
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
+from flip_nvflare.components.metrics import queue_metric
 from flip_nvflare.components.result_json import (
     DEFAULT_RESULTS_DIR,
     check_plain_name,
@@ -119,7 +120,7 @@ class EvaluationReporter(HubWidget):
             self._fail(site, model, reason)
             return
         for name, value in metrics.items():
-            session.send_metric(site, f"{model}/{sanitize_hub_text(name, _MAX_NAME)}", value, self._round)
+            queue_metric(session, site, f"{model}/{sanitize_hub_text(name, _MAX_NAME)}", value, self._round)
 
     def _add_silent_pairs(self, fl_ctx: FLContext) -> None:
         locator = fl_ctx.get_engine().get_component(self._model_locator_id)

@@ -16,11 +16,22 @@ A metric name ``LABEL@x_label`` (e.g. a SummaryWriter tag ``train_loss@epoch``) 
 its own x-axis: the label is ``LABEL``, the x value is the one given (``x_value=``) or the
 analytics step. H2 hubs get ``x_value``/``x_label``; H1 hubs plot against the round.
 Non-finite values are dropped with a warning and counted in the run summary.
+
+Observers: another server widget (the MLflow tracker) can see every metric the forwarder hands to
+the hub delivery, as the hub will get it (trust, label, value, round, x-axis), by registering a
+callable with :func:`add_metric_observer` for the job's session. Observers are called on NVFlare's
+event thread right after the metric is queued for the hub, so they must only queue the metric
+themselves and return; an observer that raises is ignored (and logged once), never the hub's loss.
+Other widgets that queue metrics for the hub call :func:`queue_metric` to be seen the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsData, AnalyticsDataType
@@ -46,6 +57,98 @@ _SCALAR_TYPES = (AnalyticsDataType.SCALAR, AnalyticsDataType.METRIC)
 _DICT_TYPES = (AnalyticsDataType.SCALARS, AnalyticsDataType.METRICS)
 _WARN_FIRST = 5
 _WARN_EVERY = 100
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueuedMetric:
+    """A metric handed to the hub delivery, as metric observers see it.
+
+    Attributes:
+        client: The NVFlare client that sent it.
+        trust: The client's trust name on the hub.
+        label: The metric's label (sanitized, without any ``@x_label`` suffix).
+        value: The value (finite).
+        round: The round it belongs to.
+        x_value: The x value when the metric has its own x-axis, else None.
+        x_label: The x-axis label, else None.
+    """
+
+    client: str
+    trust: str
+    label: str
+    value: float
+    round: int
+    x_value: float | None = None
+    x_label: str | None = None
+
+
+#: What :func:`add_metric_observer` takes: called with each metric queued for the hub.
+MetricObserver = Callable[[QueuedMetric], None]
+
+_observers_lock = threading.Lock()
+_observers: weakref.WeakKeyDictionary[HubSession, tuple[MetricObserver, ...]] = weakref.WeakKeyDictionary()
+_failed_observers: set[int] = set()
+
+
+def add_metric_observer(session: HubSession, observer: MetricObserver) -> Callable[[], None]:
+    """Call ``observer`` with every metric queued for the hub through ``session`` from now on.
+
+    The observer runs on NVFlare's event thread: it must be quick (queue and return) and
+    thread-safe. An exception it raises is logged (once per observer) and otherwise ignored.
+
+    Args:
+        session: The job's hub session.
+        observer: The callable to add.
+
+    Returns:
+        A function that removes the observer again (calling it twice is harmless).
+    """
+    with _observers_lock:
+        _observers[session] = (*_observers.get(session, ()), observer)
+
+    def remove() -> None:
+        with _observers_lock:
+            left = tuple(o for o in _observers.get(session, ()) if o is not observer)
+            if left:
+                _observers[session] = left
+            else:
+                _observers.pop(session, None)
+
+    return remove
+
+
+def queue_metric(
+    session: HubSession,
+    client: str,
+    label: str,
+    value: float,
+    round_: int,
+    *,
+    x_value: float | None = None,
+    x_label: str | None = None,
+) -> bool:
+    """Queue one metric for the hub (:meth:`HubSession.send_metric`), then show it to the observers.
+
+    Returns:
+        Whether the hub delivery accepted it (False: its queue was full and it was dropped there).
+    """
+    queued = session.send_metric(client, label, value, round_, x_value=x_value, x_label=x_label)
+    with _observers_lock:
+        observers = _observers.get(session, ())
+    if observers:
+        metric = QueuedMetric(client, session.trust_names(client), label, value, round_, x_value, x_label)
+        for observer in observers:
+            try:
+                observer(metric)
+            except Exception as exc:  # an observer must never cost the hub a metric
+                if id(observer) not in _failed_observers:
+                    _failed_observers.add(id(observer))
+                    logger.warning(
+                        "A metric observer failed (%s); its later failures are not logged.", type(exc).__name__
+                    )
+    return queued
 
 
 def split_x_axis(name: str) -> tuple[str, str | None]:
@@ -156,7 +259,7 @@ class MetricsForwarder(HubWidget):
             x, x_label = None, None
         if round_ is None:
             round_ = self._rounds.of(client)
-        session.send_metric(client, label, result, round_, x_value=x, x_label=x_label)
+        queue_metric(session, client, label, result, round_, x_value=x, x_label=x_label)
 
     def _warn(self, fl_ctx: FLContext, message: str) -> None:
         self._warnings += 1

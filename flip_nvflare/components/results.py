@@ -8,9 +8,14 @@ At END_RUN of a run that completed, the uploader:
    generators keep there;
 2. writes ``run_summary.json`` there: statuses, metric counts, hub delivery counts, per-client
    errors, trust names, rounds aggregated, the files included;
-3. uploads the folder through the job's backend (prod: a zip in S3 under
+3. writes ``provenance.json`` there last (:mod:`flip_nvflare.components.provenance`): model and job
+   ids, job type, rounds, trusts, the aggregation and privacy settings of the job's configs,
+   versions, a hash of the app code that ran and the SHA-256 of every other file; its digest is
+   logged (``flip-nvflare verify-results`` checks a zip against it). A provenance that cannot be
+   made is logged and the results go without it;
+4. uploads the folder through the job's backend (prod: a zip in S3 under
    ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip``; dev: the same zip in the dev output folder);
-4. on success deletes the results folder and ``remove_after_upload`` (by default the files it
+5. on success deletes the results folder and ``remove_after_upload`` (by default the files it
    gathered and the ``cross_site_val`` folder, which holds the models exchanged for cross-site
    validation) and fires FlipEvents.RESULTS_UPLOADED; on failure deletes nothing, logs where the
    results are and fires FlipEvents.RESULTS_UPLOAD_FAILED. The StatusReporter turns these events
@@ -27,15 +32,27 @@ through the background delivery, which drains after it.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_event_type import AppEventType
 
+from flip_nvflare.components.provenance import (
+    PROVENANCE_FILE,
+    app_code_hash,
+    build_provenance,
+    job_settings,
+    job_type_of,
+    read_json_object,
+    write_provenance,
+)
 from flip_nvflare.components.result_json import (
     DEFAULT_RESULTS_DIR,
     check_plain_name,
@@ -48,6 +65,7 @@ from flip_nvflare.components.widget import HubWidget, run_outcome
 from flip_nvflare.constants import DEFAULT_FLIP_ID, FlipEvents, FlipProps
 from flip_nvflare.core.results import count_links
 from flip_nvflare.errors import FlipConfigError
+from flip_nvflare.progress import ProgressLog
 
 DEFAULT_INCLUDE = ("app_server/*.pt", "app_server/*.pth", "models/*")
 DEFAULT_REMOVE_AFTER_UPLOAD = ("cross_site_val",)
@@ -86,6 +104,18 @@ def _search_roots(fl_ctx: FLContext, run_dir: Path) -> list[Path]:
     """The run folder, and the workspace's result root for this job when that is elsewhere."""
     result_root = Path(fl_ctx.get_engine().get_workspace().get_result_root(fl_ctx.get_job_id()))
     return [run_dir] if result_root.resolve() == run_dir.resolve() else [run_dir, result_root]
+
+
+def _upload(session: HubSession, folder: Path, display: ProgressLog) -> str:
+    """Upload through the backend, with a progress display when its upload takes a ``progress`` callback."""
+    upload: Any = session.backend.upload_results_to_s3  # ``progress`` is optional in the backends' contract
+    try:
+        accepts = "progress" in inspect.signature(upload).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:
+        return str(upload(folder, session.model_id, progress=display))
+    return str(upload(folder, session.model_id))
 
 
 def _remove(path: Path) -> None:
@@ -143,7 +173,8 @@ class ResultsUploader(HubWidget):
                 raise FlipConfigError(f"the results folder {folder} is a symlink; symlinks are never followed")
             folder.mkdir(parents=True, exist_ok=True)
             gathered, skipped = self._gather(fl_ctx, roots, folder)
-            self._write_summary(fl_ctx, session, folder, outcome, gathered, skipped)
+            summary = self._write_summary(fl_ctx, session, folder, outcome, gathered, skipped)
+            self._write_provenance(fl_ctx, folder, summary)
         except Exception as exc:
             self.log_exception(fl_ctx, f"Gathering the results in {folder} failed: {type(exc).__name__}: {exc}")
             if outcome is RunOutcome.COMPLETED:
@@ -156,9 +187,12 @@ class ResultsUploader(HubWidget):
                 fire_event=False,
             )
             return
+        display = ProgressLog("Results upload", unit="bytes", log=lambda line: self.log_info(fl_ctx, line))
         try:
-            location = session.backend.upload_results_to_s3(folder, session.model_id)
+            location = _upload(session, folder, display)
         except Exception as exc:
+            if display.started:
+                display.finish()
             self.log_error(
                 fl_ctx,
                 f"Uploading the results failed ({type(exc).__name__}: {exc}). Nothing was deleted: the results "
@@ -167,6 +201,8 @@ class ResultsUploader(HubWidget):
             )
             self._announce(fl_ctx, FlipEvents.RESULTS_UPLOAD_FAILED, None)
             return
+        if display.started:
+            display.finish()
         self.log_info(fl_ctx, f"Results uploaded to {location}.")
         self._clean_up(fl_ctx, roots, folder, gathered)
         self._announce(fl_ctx, FlipEvents.RESULTS_UPLOADED, location)
@@ -222,12 +258,15 @@ class ResultsUploader(HubWidget):
         outcome: RunOutcome,
         gathered: list[Path],
         skipped_links: int,
-    ) -> None:
+    ) -> dict[str, Any]:
         summary = session.summary()
-        if (folder / SUMMARY_FILE).is_symlink():  # the summary's own name: replaced, never written through
-            (folder / SUMMARY_FILE).unlink()
+        for own in (SUMMARY_FILE, PROVENANCE_FILE):  # their own names: replaced, never written through
+            if (folder / own).is_symlink():
+                (folder / own).unlink()
         files = sorted(
-            p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.name != SUMMARY_FILE
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and not p.is_symlink() and p.name not in (SUMMARY_FILE, PROVENANCE_FILE)
         )
         summary.update(
             {
@@ -235,12 +274,48 @@ class ResultsUploader(HubWidget):
                 "outcome": outcome.value,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 "rounds_aggregated": self._rounds_aggregated,
-                "files": [*files, SUMMARY_FILE],
+                "files": sorted([*files, SUMMARY_FILE, PROVENANCE_FILE]),
                 "gathered_from": [str(p) for p in gathered],
                 SKIPPED_LINKS: skipped_links + count_links(folder),
             }
         )
-        write_json_atomically(folder / SUMMARY_FILE, to_jsonable(summary))
+        summary = to_jsonable(summary)
+        write_json_atomically(folder / SUMMARY_FILE, summary)
+        return summary
+
+    def _write_provenance(self, fl_ctx: FLContext, folder: Path, summary: dict[str, Any]) -> None:
+        """Write provenance.json (after everything else in the folder); log and go on if it cannot be made."""
+        try:
+            workspace = fl_ctx.get_engine().get_workspace()
+            job_id = fl_ctx.get_job_id()
+            app_dir = Path(workspace.get_app_dir(job_id))
+            server = read_json_object(app_dir / "config" / "config_fed_server.json")
+            client = read_json_object(app_dir / "config" / "config_fed_client.json")
+            meta = fl_ctx.get_prop(FLContextKey.JOB_META)
+            provenance = build_provenance(
+                summary,
+                results_folder=folder,
+                job_id=job_id,
+                job_type=job_type_of(server, read_json_object(app_dir / "custom" / "config.json")),
+                rounds_completed=self._rounds_aggregated,
+                settings=job_settings(server, client),
+                app_code=app_code_hash(app_dir),
+                resource_spec=meta.get("resource_spec") if isinstance(meta, dict) else None,
+            )
+            write_provenance(folder, provenance)
+        except Exception as exc:
+            (folder / PROVENANCE_FILE).unlink(missing_ok=True)
+            self.log_error(
+                fl_ctx,
+                f"The results' {PROVENANCE_FILE} could not be made ({type(exc).__name__}); they go without it.",
+                fire_event=False,
+            )
+            return
+        self.log_info(
+            fl_ctx,
+            f"Results provenance: {len(provenance['files'])} file(s) hashed, digest {provenance['digest']['sha256']} "
+            "(flip-nvflare verify-results RESULTS.zip --expect-digest DIGEST checks a zip against it).",
+        )
 
     def _clean_up(self, fl_ctx: FLContext, roots: list[Path], folder: Path, gathered: list[Path]) -> None:
         targets = [folder]

@@ -16,7 +16,7 @@ import atexit
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 _MAX_REASON_CHARS = 500
 #: Deadline of the delivery when the process exits without ending the run.
 _EXIT_DRAIN_SECONDS = 10.0
+#: Keys of the run summary that sections added by widgets may not take.
+_CORE_SUMMARY_KEYS = frozenset(
+    {"model_id", "flip_mode", "hub_api", "trusts", "hub_delivery", "started_at", "failure", "statuses", "metrics"}
+    | {"client_errors", "clients", "sites_lost", "job_id", "outcome", "finished_at", "rounds_aggregated", "files"}
+    | {"gathered_from"}
+)
 
 
 class TrustNames:
@@ -241,7 +247,22 @@ class HubSession:
         atexit.register(self._close_at_exit)
         self._final_report: DeliveryReport | None = None
         self._outcome: RunOutcome | None = None
+        self._sections: dict[str, Callable[[], Any]] = {}
         self.results_upload_expected = False
+
+    def add_summary_section(self, name: str, provider: Callable[[], Any]) -> None:
+        """Add a section to the run summary, computed by ``provider`` each time the summary is made.
+
+        Widgets other than the core ones (privacy ledger, tracking) report through this. The
+        provider must return JSON-able data holding no patient values, keys or exception text.
+
+        Raises:
+            FlipConfigError: ``name`` is a key the summary already has or another widget added.
+        """
+        with self._lock:
+            if name in self._sections or name in _CORE_SUMMARY_KEYS:
+                raise FlipConfigError(f"the run summary already has a section named {name!r}")
+            self._sections[name] = provider
 
     # ------------------------------------------------------------------ lifetime
 
@@ -409,6 +430,8 @@ class HubSession:
             delivery["pending_by_series"] = dict(self.delivery.pending_by_name())
         else:
             delivery["provisional"] = False
+        with self._lock:
+            sections = dict(self._sections)
         return {
             "model_id": self.model_id,
             "flip_mode": self.flip_mode,
@@ -416,4 +439,5 @@ class HubSession:
             **journal,
             "trusts": self.trust_names.as_dict(journal["clients"]),
             "hub_delivery": delivery,
+            **{name: provider() for name, provider in sections.items()},
         }

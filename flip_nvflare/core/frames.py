@@ -12,15 +12,21 @@ values) while using far less time and memory:
   object per value. Its float parser is exact (correctly rounded, like Python's ``float``) from
   pandas 3.1 on; older pandas is asked for its ``round_trip`` parser. Anything unusual (an
   integer of 19 or more digits, ``-0`` among floats, only nulls, ...) takes the general path.
-* A long list of strings and ``null`` (compact or ``, ``-separated) is decoded without the json
-  module when its strings repeat (codes, dates, categories): each distinct value is found
-  through fixed-width byte keys and a hash table, decoded once, and shared by every row that
-  holds it, so the frame keeps one ``str`` object per distinct value. Mostly distinct strings
-  without escapes are split straight out of the decoded slice.
+* A long list of strings and ``null`` (compact or ``, ``-separated) without escapes becomes an
+  Arrow string column straight from the body's bytes where pandas keeps strings in Arrow (its
+  default ``str`` dtype with pyarrow installed): the strings' bytes laid end to end plus
+  offsets, no Python object per row; Arrow checks the UTF-8.
+* Otherwise (pandas keeping strings as Python objects, or strings with escapes) such a list is
+  decoded without the json module when its strings repeat (codes, dates, categories): each
+  distinct value is found through fixed-width byte keys and a hash table, decoded once, and
+  shared by every row that holds it, so the frame keeps one ``str`` object per distinct value.
+  Mostly distinct strings without escapes are split straight out of the decoded slice.
 * Any other list (nested values, mixed types, mostly distinct strings with escapes, line
-  breaks between items, short lists) is decoded from its own slice of the body by the json
-  module's C scanner and typed by pandas as the naive constructor types it; repeated strings
-  are shared there too.
+  breaks between items, short lists) is decoded from its own slice of the body by msgspec and
+  typed by pandas as the naive constructor types it; repeated strings are shared there too.
+  What msgspec refuses (``NaN``, ``1e400``, lone surrogates, invalid JSON) or a slice that is
+  not the whole list (a ``]`` inside a string or a nested list) goes to the json module's C
+  scanner, which is the judge of what ``json.loads`` accepts and of every error message.
 * On Linux with glibc, the heap memory the decoder freed is handed back to the OS at the end
   (``malloc_trim``), so the process holds the frame rather than the frame plus leftovers.
 
@@ -59,6 +65,8 @@ _DEDUPE_SAMPLE = 16384
 _MAX_KEY_BYTES = 64
 # After decoding a body at least this long, free heap memory is handed back to the OS.
 _TRIM_AFTER_BYTES = 1 << 20
+# Strings are copied out of the body this many bytes at a time (bounds the temporaries).
+_WINDOW_BYTES = 1 << 22
 # Above this many columns the frame is consolidated, as the naive constructor does.
 _MAX_UNCONSOLIDATED_COLUMNS = 100
 
@@ -252,6 +260,9 @@ def _parse_column(body: bytes | bytearray, start: int, name: str) -> tuple[Any, 
             if array is not None:
                 return array, close + 1
         else:
+            arrow = _arrow_string_column(body, start + 1, close)
+            if arrow is not None:
+                return arrow, close + 1
             strings = _string_column(body, start + 1, close)
             if strings is not None:
                 return _series_from_strings(strings), close + 1
@@ -260,6 +271,27 @@ def _parse_column(body: bytes | bytearray, start: int, name: str) -> tuple[Any, 
 
 
 def _decode_list(body: bytes | bytearray, start: int, close: int, name: str) -> tuple[list[Any], int]:
+    """Decode the JSON list at ``start`` (``close``: a first guess of its closing bracket).
+
+    msgspec decodes ``body[start : close + 1]`` when that slice is the whole list and holds only
+    what it decodes exactly as the json module does (it refuses ``NaN``, ``1e400``, lone
+    surrogates and anything invalid); otherwise :func:`_json_decode_list` decodes the list, so
+    the json module stays the judge of every value it would accept and of every error message.
+    """
+    import msgspec
+
+    with memoryview(body) as view:
+        try:
+            values = msgspec.json.decode(view[start : close + 1])
+        except (msgspec.DecodeError, ValueError):  # not the whole list, or not for msgspec: json decides
+            pass
+        else:
+            if isinstance(values, list):
+                return values, close + 1
+    return _json_decode_list(body, start, close, name)
+
+
+def _json_decode_list(body: bytes | bytearray, start: int, close: int, name: str) -> tuple[list[Any], int]:
     """Decode the JSON list at ``start`` with the json module, from its own slice of the body.
 
     ``close`` is a first guess of the list's closing bracket. If the slice up to it does not
@@ -554,6 +586,125 @@ def _read_csv_column(compact: bytes, dtype: str, *, nulls: bool, items: int | No
         except ValueError:
             values = values.copy()
     return values
+
+
+@functools.cache
+def _arrow_string_dtype() -> Any:
+    """The default pandas dtype for a list of strings, if Arrow holds its values (pandas 3 with pyarrow), else None."""
+    import pandas as pd
+
+    dtype = pd.DataFrame({0: ["a"]})[0].dtype
+    return dtype if getattr(dtype, "storage", None) == "pyarrow" else None
+
+
+def _arrow_string_column(body: bytes | bytearray, begin: int, end: int) -> pd.Series | None:
+    """A list of plain strings and nulls as an Arrow-backed string column, built from the body's bytes.
+
+    Applies where pandas keeps strings in Arrow (its default ``str`` dtype with pyarrow) and the
+    list is plain: ``"..."`` or ``null`` items separated by ``,`` or ``, ``, no backslash and no
+    control character. Each string's bytes are then exactly its value, so the column is the
+    body's string bytes laid end to end plus offsets: no Python object per row. Arrow checks the
+    bytes are UTF-8. Returns ``None`` (the other paths decide) for any other list.
+    """
+    dtype = _arrow_string_dtype()
+    if dtype is None or end - begin < 2:
+        return None
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if body.find(b"\\", begin, end) != -1:
+        return None
+    data = np.frombuffer(body, dtype=np.uint8, count=end - begin, offset=begin)
+    if data.min() < 0x20:
+        return None
+    layout = _string_layout(body, begin, end)
+    if layout is None:
+        return None
+    first, closing, rows, size = layout
+    lengths = closing - first
+    total = int(lengths.sum())
+    if rows is None:  # no null: the strings are the span without its quotes and separators
+        chars = _joined_strings(body, begin, end, begin + int(closing[0]) + 1, total)
+    else:
+        chars = _inside_strings(data, first, closing, total)
+    offsets = np.zeros(size + 1, dtype=np.int64)
+    validity = None
+    nulls = 0
+    if rows is None:
+        np.cumsum(lengths, out=offsets[1:])
+    else:
+        per_row = np.zeros(size, dtype=np.int64)
+        per_row[rows] = lengths
+        np.cumsum(per_row, out=offsets[1:])
+        del per_row
+        valid = np.zeros(size, dtype=np.bool_)
+        valid[rows] = True
+        nulls = size - int(rows.size)
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        del valid
+    try:
+        array = pa.Array.from_buffers(
+            pa.large_string(), size, [validity, pa.py_buffer(offsets), pa.py_buffer(chars)], null_count=nulls
+        )
+        array.validate(full=True)  # UTF-8 (invalid bytes are left to the general path to report)
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    return pd.Series(pd.array(array, dtype=dtype), copy=False)
+
+
+def _joined_strings(
+    body: bytes | bytearray, begin: int, end: int, after_first: int, total: int
+) -> npt.NDArray[np.uint8]:
+    """The strings of ``body[begin:end]`` (plain strings, no null, one separator) end to end.
+
+    Every quote delimits a string there, so removing each ``"<separator>"`` leaves the strings'
+    bytes. Done window by window (cut where a separator starts), so temporaries stay small.
+    ``after_first`` is the position just after the first string's closing quote.
+    """
+    import numpy as np
+
+    separator = b", " if body[after_first : after_first + 3] == b', "' else b","
+    between = b'"' + separator + b'"'
+    chars = np.empty(total, dtype=np.uint8)
+    filled = 0
+    position, stop = begin + 1, end - 1  # inside the first and last quotes
+    while position < stop:
+        cut = body.find(between, min(position + _WINDOW_BYTES, stop), stop)
+        if cut == -1:
+            cut = stop
+        piece = bytes(body[position:cut]).replace(between, b"")
+        chars[filled : filled + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+        filled += len(piece)
+        position = cut + len(between)
+    return chars
+
+
+def _inside_strings(
+    data: npt.NDArray[np.uint8], first: npt.NDArray[np.intp], closing: npt.NDArray[np.intp], total: int
+) -> npt.NDArray[np.uint8]:
+    """The bytes of ``data`` inside the strings (``first[i]`` up to ``closing[i]``), end to end.
+
+    Done window by window, so the temporaries stay a few MiB whatever the column's size.
+    """
+    import numpy as np
+
+    chars = np.empty(total, dtype=np.uint8)
+    filled = 0
+    for begin in range(0, data.size, _WINDOW_BYTES):
+        end = min(begin + _WINDOW_BYTES, data.size)
+        opened = np.searchsorted(first, [begin, end])
+        closed = np.searchsorted(closing, [begin, end])
+        # +1 where a string starts, -1 at its closing quote; a running sum marks the bytes inside.
+        edges = np.zeros(end - begin + 1, dtype=np.int8)
+        edges[0] = opened[0] - closed[0]  # a string that started in an earlier window
+        edges[first[opened[0] : opened[1]] - begin] += 1
+        edges[closing[closed[0] : closed[1]] - begin] -= 1
+        inside = np.cumsum(edges[:-1], dtype=np.int8).view(np.bool_)
+        piece = data[begin:end][inside]
+        chars[filled : filled + piece.size] = piece
+        filled += piece.size
+    return chars
 
 
 def _string_column(body: bytes | bytearray, begin: int, end: int) -> npt.NDArray[np.object_] | None:

@@ -8,13 +8,23 @@ client's :class:`~flip_nvflare.retry.RetryPolicy`; any other 4xx is final. Every
 httpx raised, becomes a :class:`~flip_nvflare.errors.FlipHTTPError` subclass whose message is
 built here from the service, method, route and status: never from the key, the body, SQL,
 accession ids or a transport exception's own text.
+
+httpx builds the requests and wraps the answers; the bytes move through a small keep-alive
+connection pool on the standard library's ``http.client`` (:class:`_Transport`), which does a
+fraction of a general-purpose pool's work per call and sends a small request in one piece: that
+is what lets a job's many small hub calls (metrics) go out back to back over a few connections.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import logging
 import math
+import select
+import socket
+import ssl
 import threading
 import time
 import uuid
@@ -24,7 +34,6 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
-import httpcore
 import httpx
 
 from flip_nvflare.constants import IDEMPOTENCY_KEY_HEADER
@@ -160,68 +169,263 @@ def _bounded(timeout: float | None, timeout_error: type[Exception]) -> float | N
     return remaining if timeout is None else min(timeout, remaining)
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose every read and write ends by the current attempt's deadline."""
+#: Parsed URLs a client keeps (the URLs it calls repeatedly).
+_URL_CACHE_SIZE = 1024
+#: Request bytes held back to go out with the rest of the request in one send.
+_HOLD_BYTES = 64 * 1024
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+class _DeadlineRaw(io.RawIOBase):
+    """Reads of a connection's socket, each bounded by what is left of the current attempt's deadline."""
 
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+    def __init__(self, owner: _DeadlineSocket) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._owner.flush()
+        sock = self._owner.sock
+        sock.settimeout(_bounded(self._owner.timeout, TimeoutError))
+        return sock.recv_into(buffer)
 
     def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(inner)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+        if not self.closed:
+            self._owner.reader_closed()
+        super().close()
 
 
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's own socket backend, with connections that honour the attempt deadline."""
+class _DeadlineSocket:
+    """What ``http.client`` needs of a socket, with every send and read ending by the attempt's deadline."""
 
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self._readers = 0
+        self._close_wanted = False
+        self._held: list[bytes] = []
+        self._held_bytes = 0
 
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
+    def sendall(self, data: bytes) -> None:
+        """Hold ``data`` until the answer is read (or 64 KiB are held): a small request goes out in one send."""
+        self._held.append(bytes(data))
+        self._held_bytes += len(data)
+        if self._held_bytes >= _HOLD_BYTES:
+            self.flush()
 
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:  # pragma: no cover - FLIP services are TCP
-        bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.connect_unix_socket(path, bounded, socket_options))
+    def flush(self) -> None:
+        """Send what is held."""
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            self._held_bytes = 0
+            self.sock.settimeout(_bounded(self.timeout, TimeoutError))
+            self.sock.sendall(data)
 
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        self._readers += 1
+        return io.BufferedReader(_DeadlineRaw(self))
+
+    def reader_closed(self) -> None:
+        self._readers -= 1
+        if self._close_wanted and not self._readers:
+            self.sock.close()
+
+    def closed_by_peer(self) -> bool:
+        """Whether an idle connection has become readable: the server closed it (or broke the protocol)."""
+        try:
+            if hasattr(select, "poll"):  # any descriptor number (select() stops at FD_SETSIZE)
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                return bool(poller.poll(0))
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close(self) -> None:
+        """Close the socket, once the answer being read from it (if any) is closed too."""
+        self._held.clear()
+        self._close_wanted = True
+        if not self._readers:
+            self.sock.close()
 
 
-def _deadline_transport(max_connections: int) -> httpx.HTTPTransport:
-    """Httpx's transport, its pool given the deadline-aware network backend."""
-    transport = httpx.HTTPTransport(
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    )
-    pool = getattr(transport, "_pool", None)
-    if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
-        raise RuntimeError("this httpx/httpcore version has no connection pool backend to wrap; pin httpx<0.30")
-    pool._network_backend = _DeadlineBackend()
-    return transport
+class _Connection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection on a socket this module opened (and wrapped in TLS for https)."""
+
+    def __init__(self, host: str, port: int, sock: _DeadlineSocket) -> None:
+        super().__init__(host, port)
+        self.sock = sock
+
+    def connect(self) -> None:  # pragma: no cover - a connection is made open; a closed one is never reused
+        raise http.client.NotConnected("connection closed")
+
+
+class _BodyStream(httpx.SyncByteStream):
+    """A response body read from its connection; the connection goes back to the pool once read whole."""
+
+    def __init__(self, transport: _Transport, key: tuple[str, str, int], conn: _Connection, answer: Any) -> None:
+        self._transport = transport
+        self._key = key
+        self._conn: _Connection | None = conn
+        self._answer = answer
+        self._complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self._answer.read(_READ_CHUNK)
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out reading the answer") from None
+            except http.client.HTTPException as exc:
+                raise httpx.RemoteProtocolError(type(exc).__name__) from None
+            except OSError as exc:
+                raise httpx.ReadError(type(exc).__name__) from None
+            if not chunk:
+                self._complete = True
+                return
+            yield chunk
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._complete and not self._answer.will_close:
+            self._answer.close()
+            self._transport._release(self._key, conn)
+        else:
+            self._answer.close()
+            self._transport._release(self._key, None, conn)
+
+
+_READ_CHUNK = 64 * 1024
+
+
+class _Transport(httpx.BaseTransport):
+    """A small HTTP/1.1 connection pool on ``http.client``: keep-alive, bounded, deadline-aware.
+
+    httpx builds the requests and wraps the answers (headers, content decoding, errors); this
+    transport only moves bytes, with far less work per call than a general-purpose pool, which is
+    what lets many small hub calls go out back to back. Every connect, send and read ends by the
+    current attempt's deadline (see :func:`_bounded`). Failures are raised as httpx's exceptions.
+
+    Args:
+        max_connections: Connections open at once; a call waits (within its deadline) for a free one.
+        timeout: Seconds allowed for one operation outside any attempt deadline.
+    """
+
+    def __init__(self, max_connections: int, timeout: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._lock = threading.Lock()
+        self._timeout = timeout
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on a pooled connection; return the answer with its body still to read."""
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}")
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        if not self._slots.acquire(timeout=_bounded(self._timeout, httpx.PoolTimeout)):
+            raise httpx.PoolTimeout("no free connection before the deadline")
+        try:
+            conn = self._idle_connection(key) or self._connect(key)
+        except BaseException:
+            self._slots.release()
+            raise
+        try:
+            answer = self._exchange(conn, request)
+        except BaseException:
+            self._release(key, None, conn)
+            raise
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.getheaders()]
+        return httpx.Response(
+            answer.status,
+            headers=headers,
+            stream=_BodyStream(self, key, conn, answer),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": str(answer.reason).encode("latin-1", "replace")},
+        )
+
+    def _exchange(self, conn: _Connection, request: httpx.Request) -> Any:
+        target = request.url.raw_path.decode("ascii")
+        body = request.read()
+        try:
+            conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
+            for name, value in request.headers.raw:
+                conn.putheader(name.decode("latin-1"), value.decode("latin-1"))
+        except ValueError:  # a header name or value http.client refuses (control characters...)
+            raise httpx.LocalProtocolError("a request header is not valid") from None
+        try:
+            conn.endheaders(body or None)  # held by the socket, sent in one piece when the answer is read
+        except TimeoutError:
+            raise httpx.WriteTimeout("timed out sending the request") from None
+        except OSError as exc:
+            raise httpx.WriteError(type(exc).__name__) from None
+        try:
+            return conn.getresponse()
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out waiting for the answer") from None
+        except http.client.HTTPException as exc:
+            raise httpx.RemoteProtocolError(type(exc).__name__) from None
+        except OSError as exc:
+            raise httpx.ReadError(type(exc).__name__) from None
+
+    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                return None
+            sock = conn.sock
+            if isinstance(sock, _DeadlineSocket) and not sock.closed_by_peer():
+                return conn
+            conn.close()
+
+    def _connect(self, key: tuple[str, str, int]) -> _Connection:
+        scheme, host, port = key
+        try:
+            sock = socket.create_connection((host, port), timeout=_bounded(self._timeout, TimeoutError))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock.settimeout(_bounded(self._timeout, TimeoutError))
+                sock = self._ssl_context().wrap_socket(sock, server_hostname=host)
+        except TimeoutError:
+            raise httpx.ConnectTimeout("timed out connecting") from None
+        except OSError as exc:  # refused, unreachable, TLS failures (ssl.SSLError is an OSError)
+            raise httpx.ConnectError(type(exc).__name__) from None
+        return _Connection(host, port, _DeadlineSocket(sock, self._timeout))
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            return self._ssl
+
+    def _release(self, key: tuple[str, str, int], reuse: _Connection | None, drop: _Connection | None = None) -> None:
+        if drop is not None:
+            drop.close()
+        if reuse is not None:
+            with self._lock:
+                if self._closed:
+                    reuse.close()
+                else:
+                    self._idle.setdefault(key, []).append(reuse)
+        self._slots.release()
+
+    def close(self) -> None:
+        """Close every idle connection (those in use close when their answer is done)."""
+        with self._lock:
+            self._closed = True
+            idle = [conn for conns in self._idle.values() for conn in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
 
 
 class ServiceClient:
@@ -262,6 +466,8 @@ class ServiceClient:
         self._max_body_bytes = max_body_bytes
         self._sleep = sleep if sleep is not None else time.sleep
         self._client: httpx.Client | None = None
+        self._transport: _Transport | None = None
+        self._urls: dict[str, httpx.URL] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -270,17 +476,19 @@ class ServiceClient:
             f"key_header={self._key_header!r}, key='***', timeout={self._timeout!r})"
         )
 
-    def _http(self) -> httpx.Client:
+    def _http(self) -> tuple[httpx.Client, _Transport]:
+        """The client that builds requests (base headers, timeouts) and the pooled transport that sends them."""
         with self._lock:
-            if self._client is None:
+            if self._client is None or self._transport is None:
+                self._transport = _Transport(self._max_connections, self._timeout)
                 self._client = httpx.Client(
                     headers=self._headers,
                     timeout=httpx.Timeout(self._timeout),
-                    transport=_deadline_transport(self._max_connections),
+                    transport=self._transport,
                     follow_redirects=False,
                     trust_env=False,
                 )
-            return self._client
+            return self._client, self._transport
 
     def close(self) -> None:
         """Close the pooled connections (the client reopens them if used again)."""
@@ -288,6 +496,7 @@ class ServiceClient:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+                self._transport = None
 
     def request(
         self,
@@ -355,7 +564,7 @@ class ServiceClient:
                 raise FlipInvalidResponse(
                     f"{self.service} {method} {shown}: the answer is larger than {limit} bytes; refused unread."
                 ) from None
-            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpcore.UnsupportedProtocol) as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
                 # A request that cannot be sent (an illegal header, an unusable URL...): final, and
                 # the message never repeats the transport's own text, which may quote a header value.
                 raise FlipHTTPError(
@@ -388,16 +597,32 @@ class ServiceClient:
         deadline: float,
         limit: int,
     ) -> httpx.Response:
-        """One attempt: send, then read the answer within ``deadline`` and ``limit`` bytes."""
-        client = self._http()
-        request = client.build_request(method, url, params=params, json=json_body, headers=headers)
+        """One attempt: send, then read the answer within ``deadline`` and ``limit`` bytes.
+
+        The request goes straight to the pooled transport: these services set no cookies and
+        redirects are never followed, so the client's cookie and redirect handling (a good part
+        of the cost of a small call) has nothing to do.
+        """
+        client, transport = self._http()
+        target = self._urls.get(url)
+        if target is None:  # parsed once per route and id: a job's metrics all go to one URL
+            target = httpx.URL(url)
+            if len(self._urls) < _URL_CACHE_SIZE:
+                self._urls[url] = target
+        request = client.build_request(method, target, params=params, json=json_body, headers=headers)
         _attempt.deadline = deadline
         try:
-            response = client.send(request, stream=True)
+            response = transport.handle_request(request)
+            response.request = request
             try:
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise _AnswerTooLarge
+                if "content-encoding" not in response.headers and (
+                    (declared is not None and declared.isdigit()) or response.status_code in (204, 304)
+                ):
+                    response.read()  # framed by its length (checked above) or empty: read as it is
+                    return response
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk

@@ -28,7 +28,7 @@ from flip_nvflare.core.base import (
     remove_inside,
 )
 from flip_nvflare.core.http import DEFAULT_MAX_BODY_BYTES, ServiceClient
-from flip_nvflare.core.results import check_results_folder, results_key, upload_zip, zipped
+from flip_nvflare.core.results import Progress, check_results_folder, results_key, upload_folder_zip
 from flip_nvflare.core.settings import (
     HubSettings,
     ResultsSettings,
@@ -471,8 +471,18 @@ class FLIPStandardProd(FLIPBase):
         found = {arg: self._reader.raw(name) for arg, name in names.items()}
         return {arg: str(value) for arg, value in found.items() if value is not None}
 
-    def upload_results_to_s3(self, results_folder: str | Path, model_id: str) -> str:
-        """Zip the folder and upload it to ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip``.
+    def upload_results_to_s3(
+        self, results_folder: str | Path, model_id: str, *, progress: Progress | None = None
+    ) -> str:
+        """Zip the folder into ``<prefix>/<model_id>/<YYYYmmdd_HHMMSS>.zip`` in S3, streamed (no temporary file).
+
+        Members that do not compress (model weights, images, archives) are stored, the rest
+        deflated; the zip goes up in parts while it is written (see :mod:`flip_nvflare.core.results`).
+
+        Args:
+            results_folder: The folder to zip (symlinks in it are skipped, never followed).
+            model_id: The model's id.
+            progress: Called with (bytes of the files zipped so far, their total) about every percent.
 
         Returns:
             The ``s3://`` URI of the uploaded object.
@@ -488,8 +498,7 @@ class FLIPStandardProd(FLIPBase):
         key = results_key(settings.prefix, model_id)
         try:
             client = self._s3_client()
-            with zipped(folder) as zip_path:
-                upload_zip(client, zip_path, settings.bucket, key)
+            upload_folder_zip(client, folder, settings.bucket, key, progress=progress)
         except FlipResultsUploadError:
             raise
         except Exception as exc:  # zipping or client creation

@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "TrainerRunner": "flip_nvflare.executors.runners",
     "ValidatorRunner": "flip_nvflare.executors.runners",
     "EvaluatorRunner": "flip_nvflare.executors.runners",
+    "ClientApiRunner": "flip_nvflare.executors.client_api",
     "CohortPreparer": "flip_nvflare.executors.cohort",
     "ImageCleanup": "flip_nvflare.executors.cleanup",
     "Sanitizer": "flip_nvflare.executors.sanitize",
@@ -24,6 +25,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from flip_nvflare.executors.cleanup import ImageCleanup as ImageCleanup
+    from flip_nvflare.executors.client_api import ClientApiRunner as ClientApiRunner
     from flip_nvflare.executors.cohort import CohortPreparer as CohortPreparer
     from flip_nvflare.executors.manifest import PreparedCohort as PreparedCohort
     from flip_nvflare.executors.runners import EvaluatorRunner as EvaluatorRunner

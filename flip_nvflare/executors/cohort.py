@@ -9,7 +9,8 @@ evaluation jobs)::
                            "resource_types": ["NIFTI"], "concurrency": 4}}}
 
 It fetches the cohort dataframe, asks for the images of every accession in it (``concurrency`` at
-a time, transient failures retried), logs progress as counts, and writes the manifest and the
+a time, transient failures retried), shows progress as counts (a bar on a terminal, a percent
+line every ``progress_interval`` seconds in the log; see :mod:`flip_nvflare.progress`), and writes the manifest and the
 dataframe into the job's run folder, where user code reads them with
 :func:`flip_nvflare.prepared_cohort`. Accessions whose images cannot be had are recorded with the
 reason; the preparation fails only if more than ``max_missing_fraction`` of them are missing.
@@ -68,6 +69,7 @@ from flip_nvflare.executors.manifest import (
     prepared_dir,
 )
 from flip_nvflare.executors.sanitize import Sanitizer
+from flip_nvflare.progress import ProgressLog
 from flip_nvflare.retry import RetryPolicy
 from flip_nvflare.workspace import job_custom_dir, job_run_dir
 
@@ -92,7 +94,8 @@ class CohortPreparer(Executor):
         accession_column: The dataframe column holding accession ids.
         download_images: Fetch images (False: only fetch and save the dataframe).
         allow_empty_cohort: Accept a cohort with no rows (default: fail, nothing to train on).
-        progress_interval: Seconds between progress log lines.
+        progress_interval: Seconds between progress log lines (a percent line with counts); on a
+            terminal a progress bar is drawn instead.
         flip_id: Id of the job's FlipBackend component.
     """
 
@@ -333,20 +336,30 @@ class CohortPreparer(Executor):
                     origins[accession] = origin
             return single_attempt.get_by_accession_number(project_id, accession, self._resource_types)
 
-        def progress(snapshot: Progress) -> None:
-            self.log_info(fl_ctx, f"Images: {snapshot.describe()}")
+        # A bar on a terminal, else a percent line every progress_interval seconds: counts only.
+        display = ProgressLog(
+            "Images",
+            unit="images",
+            log=lambda line: self.log_info(fl_ctx, line),
+            interval=self._progress_interval,
+        )
+
+        def tick(snapshot: Progress) -> None:
+            display.update(snapshot.done, snapshot.total, note=f"{snapshot.ready} ready, {snapshot.missing} missing")
 
         fetcher = ImageFetcher(
             fetch,
             concurrency=self._concurrency,
             retry=self._retry,
-            progress=progress if accessions else None,
             progress_interval=self._progress_interval,
+            tick=tick if accessions else None,
             should_stop=(lambda: bool(abort_signal.triggered)) if abort_signal is not None else None,
         )
         report = FetchReport()
         try:
             report = fetcher.run(accessions)
+            if accessions:
+                display.finish(f"{report.ready} ready, {report.missing} missing")
         finally:
             # Record every claim taken, even when the run stopped on a fatal error, so cleanup can release it.
             for accession in accessions:

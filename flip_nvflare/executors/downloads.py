@@ -178,6 +178,8 @@ class ImageFetcher:
             all, 0.5 s to 8 s apart). Its ``total_timeout`` bounds the time spent on one accession.
         progress: Called with a :class:`Progress` every ``progress_interval`` seconds and at the end.
         progress_interval: Seconds between progress reports.
+        tick: Called with a :class:`Progress` each time fetches finish (from the thread that called
+            :meth:`run`), for a display that throttles itself (:class:`flip_nvflare.progress.ProgressLog`).
         should_stop: Polled between fetches; when it returns True no new fetch starts.
         sleep: Injected for tests.
     """
@@ -190,6 +192,7 @@ class ImageFetcher:
         retry: RetryPolicy | None = None,
         progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
+        tick: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -202,6 +205,7 @@ class ImageFetcher:
         self._retry = retry or default_download_retry()
         self._progress = progress
         self._progress_interval = progress_interval
+        self._tick = tick
         self._should_stop = should_stop or (lambda: False)
         self._sleep = sleep
         self._fatal: BaseException | None = None
@@ -236,6 +240,11 @@ class ImageFetcher:
                 for future in done:
                     report.results[in_flight.pop(future)] = future.result()
                 now = time.monotonic()
+                if self._tick is not None and done:
+                    try:
+                        self._tick(self._snapshot(report, len(todo), now - start))
+                    except Exception:  # a progress display never stops the downloads
+                        pass
                 if self._progress is not None and now >= next_report:
                     self._progress(self._snapshot(report, len(todo), now - start))
                     next_report = now + self._progress_interval

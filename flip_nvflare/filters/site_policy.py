@@ -32,6 +32,8 @@ from flip_nvflare.errors import FlipConfigError, SitePolicyError
 from flip_nvflare.workspace import write_atomically
 
 __all__ = [
+    "DPSetting",
+    "MetricRules",
     "PercentileSetting",
     "PrivacyScope",
     "RenderResult",
@@ -46,6 +48,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 PERCENTILE_FILTER_PATH = "flip_nvflare.filters.percentile_privacy.PercentilePrivacy"
+DP_FILTER_PATH = "flip_nvflare.filters.gaussian_privacy.GaussianPrivacy"
+#: The site's metric policy file, next to privacy.json (read by every job process at the site).
+METRIC_POLICY_FILE = "flip_metric_policy.json"
 BLOCKER_PATH = "nvflare.app_common.filters.dxo_blocker.DXOBlocker"
 STRICTEST_SCOPE = "flip-strictest"
 # A DXO kind no job uses: allowing only it blocks every DXO (DXOBlocker in "allow" mode).
@@ -67,8 +72,49 @@ DEFAULT_RESULT_KINDS = ("WEIGHT_DIFF", "WEIGHTS", "METRICS")
 # to dodge a filter on weight differences.
 FILTERED_KINDS = ["WEIGHT_DIFF", "WEIGHTS"]
 _SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_TOP_KEYS = ("version", "minimum", "default_scope", "scopes", "allowed_result_kinds")
+_TOP_KEYS = ("version", "minimum", "default_scope", "scopes", "allowed_result_kinds", "metrics")
 _FILTER_KEY = "percentile_privacy"
+_DP_KEY = "differential_privacy"
+_DP_KEYS = ("clip_norm", "delta", "noise_multiplier", "epsilon", "budget", "per_layer", "accountant")
+_ACCOUNTANTS = ("rdp", "pld")
+_LABEL_CHARS = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class DPSetting:
+    """Settings of the differential-privacy filter (see :class:`~flip_nvflare.filters.GaussianPrivacy`).
+
+    Attributes:
+        clip_norm: L2 bound of a round's update (a scope may only lower it).
+        delta: The guarantee's delta (a scope may only lower it).
+        noise_multiplier: Least noise multiplier (a scope may only raise it), or None.
+        epsilon: Most epsilon a job's planned rounds may spend (noise calibrated to it), or None.
+        budget: Cap on the epsilon a job actually spends at this site, or None.
+        per_layer: Clip each layer to ``clip_norm / sqrt(layers)``.
+        accountant: ``"rdp"`` or ``"pld"``.
+    """
+
+    clip_norm: float
+    delta: float
+    noise_multiplier: float | None = None
+    epsilon: float | None = None
+    budget: float | None = None
+    per_layer: bool = False
+    accountant: str = "rdp"
+
+
+@dataclass(frozen=True)
+class MetricRules:
+    """Which metrics may leave the site.
+
+    Attributes:
+        allow: Exact labels or glob patterns allowed to leave, or None for every label.
+        significant_digits: Round values to this many significant digits, or None.
+    """
+
+    allow: tuple[str, ...] | None = None
+    significant_digits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +143,7 @@ class PrivacyScope:
     name: str
     percentile_privacy: PercentileSetting
     properties: dict[str, Any] = field(default_factory=dict)
+    differential_privacy: DPSetting | None = None
 
 
 @dataclass(frozen=True)
@@ -108,12 +155,17 @@ class SitePolicy:
         default_scope: Scope for jobs that name none.
         scopes: Every scope, in file order.
         allowed_result_kinds: DXO kinds that may leave the site; any other DXO is blocked.
+        dp_minimum: The weakest differential-privacy settings any scope may have; None if the
+            site does not mandate differential privacy for every scope.
+        metrics: Which metrics may leave, or None for every metric (non-finite values never leave).
     """
 
     minimum: PercentileSetting
     default_scope: str
     scopes: tuple[PrivacyScope, ...]
     allowed_result_kinds: tuple[str, ...] = DEFAULT_RESULT_KINDS
+    dp_minimum: DPSetting | None = None
+    metrics: MetricRules | None = None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -199,11 +251,19 @@ def _validate(document: Any, problems: list[str]) -> SitePolicy | None:
         problems.append(f"'version' must be {SCHEMA_VERSION}, got {version!r}")
 
     minimum = None
+    dp_minimum = None
+    dp_minimum_ok = True
     raw_minimum = document.get("minimum")
-    if not isinstance(raw_minimum, dict) or set(raw_minimum) != {_FILTER_KEY}:
-        problems.append(f"'minimum' must be a mapping with the one key '{_FILTER_KEY}' (percentile and gamma)")
+    if not isinstance(raw_minimum, dict) or _FILTER_KEY not in raw_minimum or set(raw_minimum) - {_FILTER_KEY, _DP_KEY}:
+        problems.append(
+            f"'minimum' must be a mapping with the key '{_FILTER_KEY}' (percentile and gamma) and optionally "
+            f"'{_DP_KEY}'"
+        )
     else:
         minimum = _setting(raw_minimum[_FILTER_KEY], f"minimum.{_FILTER_KEY}", None, problems)
+        if _DP_KEY in raw_minimum:
+            dp_minimum = _dp_setting(raw_minimum[_DP_KEY], f"minimum.{_DP_KEY}", None, problems)
+            dp_minimum_ok = dp_minimum is not None
 
     scopes: list[PrivacyScope] = []
     raw_scopes = document.get("scopes")
@@ -211,9 +271,10 @@ def _validate(document: Any, problems: list[str]) -> SitePolicy | None:
         problems.append("'scopes' must be a mapping of at least one scope name to its settings")
         raw_scopes = {}
     for name, body in raw_scopes.items():
-        scope = _scope(name, body, minimum, problems)
+        scope = _scope(name, body, minimum, dp_minimum, dp_minimum_ok, problems)
         if scope is not None:
             scopes.append(scope)
+    metrics = _metric_rules(document.get("metrics"), problems) if "metrics" in document else None
 
     default_scope = document.get("default_scope")
     if not isinstance(default_scope, str) or default_scope not in raw_scopes:
@@ -240,6 +301,8 @@ def _validate(document: Any, problems: list[str]) -> SitePolicy | None:
         default_scope=default_scope,
         scopes=tuple(scopes),
         allowed_result_kinds=tuple(dict.fromkeys(kinds)),
+        dp_minimum=dp_minimum,
+        metrics=metrics,
     )
 
 
@@ -284,7 +347,125 @@ def _setting(raw: Any, where: str, minimum: PercentileSetting | None, problems: 
     return PercentileSetting(percentile=percentile, gamma=gamma) if len(problems) == before else None
 
 
-def _scope(name: Any, body: Any, minimum: PercentileSetting | None, problems: list[str]) -> PrivacyScope | None:
+def _dp_number(raw: dict[Any, Any], key: str, where: str, problems: list[str]) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        hint = " (YAML reads 1e-5 as text: write 1.0e-5)" if "e" in value.lower() else ""
+        problems.append(f"'{where}.{key}' must be a number, got text {value!r}{hint}")
+        return None
+    if not _number(value) or not value > 0:
+        problems.append(f"'{where}.{key}' must be a positive number, got {value!r}")
+        return None
+    return float(value)
+
+
+def _dp_setting(raw: Any, where: str, minimum: DPSetting | None, problems: list[str]) -> DPSetting | None:
+    """Validate differential-privacy settings; a scope takes what it leaves out from the minimum."""
+    if raw is None and minimum is not None:
+        return minimum
+    if not isinstance(raw, dict):
+        problems.append(f"'{where}' must be a mapping with {', '.join(_DP_KEYS)}")
+        return None
+    before = len(problems)
+    switch = [k for k in raw if k == "off" or isinstance(k, bool)]
+    if switch:
+        problems.append(f"'{where}.off': differential privacy required by the site cannot be switched off")
+    unknown = [str(k) for k in raw if k not in _DP_KEYS and k not in switch]
+    if unknown:
+        problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_DP_KEYS)}")
+    values = {
+        key: _dp_number(raw, key, where, problems)
+        for key in ("clip_norm", "delta", "noise_multiplier", "epsilon", "budget")
+    }
+    base = minimum
+    clip = values["clip_norm"] if values["clip_norm"] is not None else (base.clip_norm if base else None)
+    delta = values["delta"] if values["delta"] is not None else (base.delta if base else None)
+    noise = (
+        values["noise_multiplier"]
+        if values["noise_multiplier"] is not None
+        else (base.noise_multiplier if base else None)
+    )
+    epsilon = values["epsilon"] if values["epsilon"] is not None else (base.epsilon if base else None)
+    budget = values["budget"] if values["budget"] is not None else (base.budget if base else None)
+    per_layer = raw.get("per_layer", base.per_layer if base else False)
+    accountant = raw.get("accountant", base.accountant if base else "rdp")
+    if clip is None and "clip_norm" not in raw:
+        problems.append(f"'{where}.clip_norm' is required (the L2 bound of a round's update, e.g. 1.0)")
+    if delta is None and "delta" not in raw:
+        problems.append(f"'{where}.delta' is required (e.g. 1.0e-5)")
+    if delta is not None and not delta < 1:
+        problems.append(f"'{where}.delta' must be below 1, got {delta!r}")
+    if noise is None and epsilon is None and "noise_multiplier" not in raw and "epsilon" not in raw:
+        problems.append(f"'{where}' needs 'noise_multiplier' or 'epsilon' (or both): without either there is no noise")
+    if not isinstance(per_layer, bool):
+        problems.append(f"'{where}.per_layer' must be true or false, got {per_layer!r}")
+    if accountant not in _ACCOUNTANTS:
+        problems.append(f"'{where}.accountant' must be one of {', '.join(_ACCOUNTANTS)}, got {accountant!r}")
+    if len(problems) > before or clip is None or delta is None:
+        return None
+    if minimum is not None:
+        weaker = []
+        if clip > minimum.clip_norm:
+            weaker.append(f"clip_norm {clip} is above the site minimum's {minimum.clip_norm}")
+        if delta > minimum.delta:
+            weaker.append(f"delta {delta} is above the site minimum's {minimum.delta}")
+        if minimum.noise_multiplier is not None and (noise is None or noise < minimum.noise_multiplier):
+            weaker.append(f"noise_multiplier {noise} is below the site minimum {minimum.noise_multiplier}")
+        if minimum.epsilon is not None and (epsilon is None or epsilon > minimum.epsilon):
+            weaker.append(f"epsilon {epsilon} is above the site minimum's {minimum.epsilon}")
+        if minimum.budget is not None and (budget is None or budget > minimum.budget):
+            weaker.append(f"budget {budget} is above the site minimum's {minimum.budget}")
+        for text in weaker:
+            problems.append(f"'{where}': {text}; make it stricter or relax the minimum")
+        if weaker:
+            return None
+    return DPSetting(
+        clip_norm=clip,
+        delta=delta,
+        noise_multiplier=noise,
+        epsilon=epsilon,
+        budget=budget,
+        per_layer=per_layer,
+        accountant=accountant,
+    )
+
+
+def _metric_rules(raw: Any, problems: list[str]) -> MetricRules | None:
+    if not isinstance(raw, dict):
+        problems.append("'metrics' must be a mapping with 'allow' and/or 'significant_digits'")
+        return None
+    before = len(problems)
+    unknown = [str(k) for k in raw if k not in ("allow", "significant_digits")]
+    if unknown:
+        problems.append(f"'metrics' has unknown key(s) {', '.join(unknown)}; allowed: allow, significant_digits")
+    allow = raw.get("allow")
+    if allow is not None:
+        if not isinstance(allow, list):
+            problems.append("'metrics.allow' must be a list of metric labels or glob patterns (e.g. 'val_*')")
+        else:
+            for pattern in allow:
+                if not isinstance(pattern, str) or not 1 <= len(pattern) <= _LABEL_CHARS or _CONTROL.search(pattern):
+                    problems.append(
+                        f"'metrics.allow' entry {pattern!r} must be text of 1 to {_LABEL_CHARS} printable characters"
+                    )
+    digits = raw.get("significant_digits")
+    if digits is not None and (isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 17):
+        problems.append(f"'metrics.significant_digits' must be a whole number from 1 to 17, got {digits!r}")
+    if len(problems) > before:
+        return None
+    return MetricRules(allow=None if allow is None else tuple(allow), significant_digits=digits)
+
+
+def _scope(
+    name: Any,
+    body: Any,
+    minimum: PercentileSetting | None,
+    dp_minimum: DPSetting | None,
+    dp_minimum_ok: bool,
+    problems: list[str],
+) -> PrivacyScope | None:
     if not isinstance(name, str) or not _SCOPE_NAME.match(name):
         problems.append(
             f"scope name {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', starting with "
@@ -298,9 +479,18 @@ def _scope(name: Any, body: Any, minimum: PercentileSetting | None, problems: li
     if not isinstance(body, dict):
         problems.append(f"scope '{name}' must be a mapping (or empty), got {type(body).__name__}")
         return None
-    unknown = [str(k) for k in body if k not in (_FILTER_KEY, "properties")]
+    unknown = [str(k) for k in body if k not in (_FILTER_KEY, "properties", _DP_KEY)]
     if unknown:
-        problems.append(f"scope '{name}' has unknown key(s) {', '.join(unknown)}; allowed: {_FILTER_KEY}, properties")
+        problems.append(
+            f"scope '{name}' has unknown key(s) {', '.join(unknown)}; allowed: {_FILTER_KEY}, {_DP_KEY}, properties"
+        )
+    dp: DPSetting | None = None
+    if _DP_KEY in body or dp_minimum is not None:
+        dp = _dp_setting(body.get(_DP_KEY), f"scopes.{name}.{_DP_KEY}", dp_minimum, problems)
+        if dp is None:
+            return None
+    if not dp_minimum_ok:
+        return None
     properties = body.get("properties") or {}
     if not isinstance(properties, dict) or not all(isinstance(k, str) for k in properties):
         problems.append(f"scope '{name}': 'properties' must be a mapping with string keys")
@@ -314,7 +504,41 @@ def _scope(name: Any, body: Any, minimum: PercentileSetting | None, problems: li
     setting = _setting(body.get(_FILTER_KEY), f"scopes.{name}.{_FILTER_KEY}", minimum, problems)
     if setting is None:
         return None
-    return PrivacyScope(name=name, percentile_privacy=setting, properties=dict(properties))
+    return PrivacyScope(name=name, percentile_privacy=setting, properties=dict(properties), differential_privacy=dp)
+
+
+def _dp_args(setting: DPSetting, minimum: DPSetting) -> dict[str, Any]:
+    args: dict[str, Any] = {"clip_norm": setting.clip_norm, "delta": setting.delta}
+    if setting.noise_multiplier is not None:
+        args["noise_multiplier"] = setting.noise_multiplier
+    if setting.epsilon is not None:
+        args["target_epsilon"] = setting.epsilon
+    if setting.budget is not None:
+        args["max_epsilon"] = setting.budget
+    args["per_layer"] = setting.per_layer
+    args["accountant"] = setting.accountant
+    floor: dict[str, Any] = {"clip_norm": minimum.clip_norm, "delta": minimum.delta}
+    for key, value in (
+        ("noise_multiplier", minimum.noise_multiplier),
+        ("target_epsilon", minimum.epsilon),
+        ("max_epsilon", minimum.budget),
+    ):
+        if value is not None:
+            floor[key] = value
+    args["minimum"] = floor
+    return args
+
+
+def _dp_filters(
+    setting: DPSetting | None, minimum: DPSetting | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The DP filter on results (out) and on task data (in: it records the global model and checks the budget)."""
+    if setting is None:
+        return [], []
+    args = _dp_args(setting, minimum or setting)
+    result = {"path": DP_FILTER_PATH, "args": args, "direction": "out"}
+    data = {"path": DP_FILTER_PATH, "args": json.loads(json.dumps(args)), "direction": "in"}
+    return [result], [data]
 
 
 def _result_filters(setting: PercentileSetting, minimum: PercentileSetting, kinds: list[str]) -> list[dict[str, Any]]:
@@ -344,7 +568,9 @@ def privacy_config(policy: SitePolicy, source_digest: str | None = None) -> dict
 
     Every scope gets, on task results leaving the site: a DXO blocker that lets only
     ``allowed_result_kinds`` through, then the percentile filter with the scope's settings, the
-    site minimum and ``off: false``.
+    site minimum and ``off: false``, then (when the scope has differential privacy) the
+    GaussianPrivacy filter with the scope's settings and the site minimum; that filter is also put
+    on the task data, where it records the global model and checks the budget before training.
 
     Args:
         policy: The validated policy.
@@ -359,8 +585,9 @@ def privacy_config(policy: SitePolicy, source_digest: str | None = None) -> dict
         entry: dict[str, Any] = {"name": scope.name}
         if scope.properties:
             entry["properties"] = scope.properties
-        entry["task_result_filters"] = _result_filters(scope.percentile_privacy, policy.minimum, kinds)
-        entry["task_data_filters"] = []
+        dp_result, dp_data = _dp_filters(scope.differential_privacy, policy.dp_minimum)
+        entry["task_result_filters"] = _result_filters(scope.percentile_privacy, policy.minimum, kinds) + dp_result
+        entry["task_data_filters"] = dp_data
         scopes.append(entry)
     note: dict[str, Any] = {"rendered_by": "flip-nvflare site-policy render", "status": "policy applied"}
     if source_digest:
@@ -443,11 +670,46 @@ def render_site_policy(policy_path: str | os.PathLike[str], site_workspace: str 
     try:
         policy, digest = _load(policy_path)
         content = privacy_config(policy, digest)
+        metrics = metric_policy_config(policy, digest)
     except SitePolicyError as exc:
         error = exc
         content = strictest_privacy_config(str(exc))
+        metrics = strictest_metric_policy_config(str(exc))
+    # the metric policy first: a site with a new privacy.json never has an older metric policy
+    _write_atomically(workspace / "local" / METRIC_POLICY_FILE, json.dumps(metrics, indent=2) + "\n")
     _write_atomically(target, json.dumps(content, indent=2) + "\n")
     return RenderResult(path=target, policy=policy, error=error)
+
+
+def metric_policy_config(policy: SitePolicy, source_digest: str | None = None) -> dict[str, Any]:
+    """The ``local/flip_metric_policy.json`` content for a validated policy (``allow`` null: every label).
+
+    Args:
+        policy: The validated policy.
+        source_digest: SHA-256 of the policy file, recorded in the output.
+    """
+    rules = policy.metrics or MetricRules()
+    note: dict[str, Any] = {"rendered_by": "flip-nvflare site-policy render", "status": "policy applied"}
+    if source_digest:
+        note["policy_sha256"] = source_digest
+    return {
+        "_flip_site_policy": note,
+        "allow": None if rules.allow is None else list(rules.allow),
+        "significant_digits": rules.significant_digits,
+    }
+
+
+def strictest_metric_policy_config(reason: str) -> dict[str, Any]:
+    """The fail-closed metric policy: no metric may leave the site."""
+    return {
+        "_flip_site_policy": {
+            "rendered_by": "flip-nvflare site-policy render",
+            "status": "STRICTEST: the site policy could not be used, no metric may leave this site",
+            "reason": reason,
+        },
+        "allow": [],
+        "significant_digits": None,
+    }
 
 
 def _write_atomically(target: Path, text: str) -> None:

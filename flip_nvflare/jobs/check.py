@@ -98,9 +98,24 @@ REQUIRED_SYMBOLS: dict[JobType, tuple[RequiredSymbol, ...]] = {
     JobType.EVALUATION: _EVALUATION_SYMBOLS,
 }
 
+_MODEL = RequiredSymbol("models.py", "get_model", "function", "returns the torch.nn.Module the server starts from")
+#: What each job type needs from a Client API app: its script (``flare.init()``, ``flare.receive()``...),
+#: and for training the model the server starts from.
+CLIENT_API_SCRIPTS: dict[JobType, str] = {
+    JobType.STANDARD: "trainer.py",
+    JobType.FED_OPT: "trainer.py",
+    JobType.EVALUATION: "evaluator.py",
+}
+#: The checkpoint a Client API evaluation app without ``models`` evaluates (FLIP's convention).
+CLIENT_API_CHECKPOINT = "model.pt"
+
 
 def check_app(
-    app_dir: str | Path, job_type: str | JobType, *, checkpoints_dir: str | Path | None = None
+    app_dir: str | Path,
+    job_type: str | JobType,
+    *,
+    checkpoints_dir: str | Path | None = None,
+    style: str = "executor",
 ) -> list[AppProblem]:
     """Every problem that keeps ``app_dir`` from being a FLIP app of ``job_type`` (empty: none).
 
@@ -109,22 +124,61 @@ def check_app(
         job_type: ``standard``, ``evaluation`` or ``fed_opt``.
         checkpoints_dir: Evaluation: the folder holding the checkpoints named in ``models``
             (default: the app folder).
+        style: ``"executor"`` (FLIP_TRAINER... classes) or ``"client_api"`` (scripts: ``trainer.py``
+            or ``evaluator.py`` using NVFlare's Client API; a training app also needs ``models.py``
+            with ``get_model``; an evaluation app without ``models`` evaluates ``model.pt``).
     """
     kind = as_job_type(job_type)
     app = Path(app_dir)
     if not app.is_dir():
         return [AppProblem(f"{app} is not a folder", "pass the folder holding your FLIP app's files")]
     problems: list[AppProblem] = []
-    for symbol in REQUIRED_SYMBOLS[kind]:
-        problems.extend(_check_symbol(app, symbol))
+    if style == "client_api":
+        problems.extend(_check_script(app, CLIENT_API_SCRIPTS[kind]))
+        if kind is not JobType.EVALUATION:
+            problems.extend(_check_symbol(app, _MODEL))
+    else:
+        for symbol in REQUIRED_SYMBOLS[kind]:
+            problems.extend(_check_symbol(app, symbol))
     config, config_problems = _read_config(app)
     problems.extend(config_problems)
     if config is not None:
         if kind is JobType.EVALUATION:
-            problems.extend(_check_evaluation_config(config, Path(checkpoints_dir) if checkpoints_dir else app))
+            checkpoints = Path(checkpoints_dir) if checkpoints_dir else app
+            if style == "client_api" and "models" not in config:
+                if not (checkpoints / CLIENT_API_CHECKPOINT).is_file():
+                    problems.append(
+                        AppProblem(
+                            f"no model to evaluate: {CONFIG_FILE} has no models and there is no "
+                            f"{CLIENT_API_CHECKPOINT}",
+                            f"add {CLIENT_API_CHECKPOINT} (the model's state_dict) or name the models in "
+                            f'{CONFIG_FILE}: "models": {{"my_model": {{"checkpoint": "my_model.pt"}}}}',
+                        )
+                    )
+            else:
+                problems.extend(_check_evaluation_config(config, checkpoints))
         else:
             problems.extend(_check_training_config(config))
     return problems
+
+
+def _check_script(app: Path, name: str) -> list[AppProblem]:
+    """A Client API script: present and valid Python (it is parsed, never run)."""
+    path = app / name
+    if not path.is_file():
+        return [
+            AppProblem(
+                f"{name} is missing",
+                f"add the Client API script {name} (flare.init(), then flare.receive() / flare.send() in a loop)",
+            )
+        ]
+    try:
+        ast.parse(path.read_bytes(), filename=name)
+    except SyntaxError as exc:
+        return [AppProblem(f"{name} does not parse (line {exc.lineno}: {exc.msg})", "fix the syntax error")]
+    except (OSError, ValueError) as exc:
+        return [AppProblem(f"{name} cannot be read ({type(exc).__name__})", "make it a readable Python file")]
+    return []
 
 
 def app_defaults(app_dir: str | Path, job_type: str | JobType) -> list[str]:

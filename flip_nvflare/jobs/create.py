@@ -15,6 +15,9 @@ app first, and fills in what the app and the options say:
   ``DIR/<site>/images/<accession_id>/`` (the site name is NVFlare's ``{SITE_NAME}``), and the
   site folders found there are the job's ``participating_clients`` and, unless ``min_clients`` is
   given, its ``min_clients`` (so every site trains every round);
+- GPUs (``--gpus N [--gpu-mem GiB]``, else the app's ``config.json`` ``RESOURCE_SPEC`` as FLIP
+  reads it): NVFlare's ``resource_spec`` in ``meta.conf``, one entry per dev-data site or NVFlare's
+  ``@default`` wildcard (see :mod:`flip_nvflare.jobs.resources`);
 - evaluation: the checkpoints stay on the server. They are not copied into ``custom/`` (which is
   deployed to every client); the model locator reads them from the checkpoints folder.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,14 @@ from flip_nvflare.jobs.check import (
     format_problems,
     min_clients_warning,
     name_sites,
+)
+from flip_nvflare.jobs.identity import CUSTOM_PROPS, VERSION_PROP, installed_version
+from flip_nvflare.jobs.resources import (
+    APP_CONFIG_KEY,
+    GpuRequest,
+    app_gpu_request,
+    check_gpu_request,
+    gpu_resource_spec,
 )
 from flip_nvflare.jobs.templates import TEMPLATE_NAMES, as_job_type, template_dir
 
@@ -78,6 +89,12 @@ class JobRequest:
             there (every site trains every round); otherwise the template's (2). In prod, FLIP's
             hub writes its own ``min_clients`` when it deploys the job.
         force: Replace an existing job folder.
+        gpus: GPUs each site must give the job (NVFlare's ``resource_spec``); default: the app's
+            ``config.json`` ``RESOURCE_SPEC``, else none.
+        gpu_mem: GiB of memory each of those GPUs must have (needs ``gpus``, and named sites:
+            ``dev_data``).
+        style: ``"executor"`` (FLIP_TRAINER... classes) or ``"client_api"`` (Client API scripts; the
+            ``*_client_api`` templates, which the recipes export).
     """
 
     job_type: JobType
@@ -91,6 +108,9 @@ class JobRequest:
     query: str | None = None
     min_clients: int | None = None
     force: bool = False
+    gpus: int | None = None
+    gpu_mem: float | None = None
+    style: str = "executor"
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,7 @@ class CreatedJob:
             of the dev data. ``None`` means every client that connects (prod: FLIP's hub decides).
         notes: What was filled in and why, one sentence each (``job create`` prints them).
         warnings: Settings that will lose work, e.g. ``min_clients`` below the number of sites.
+        resource_spec: NVFlare's ``resource_spec`` written into ``meta.conf`` (``{}``: no GPU asked for).
     """
 
     job_dir: Path
@@ -111,6 +132,7 @@ class CreatedJob:
     sites: tuple[str, ...] | None
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    resource_spec: dict[str, Any] = field(default_factory=dict)
 
 
 def create_job(request: JobRequest) -> Path:
@@ -137,18 +159,21 @@ def build_job(request: JobRequest) -> CreatedJob:
     job_type = as_job_type(request.job_type)
     app_dir = Path(request.app_dir).resolve()
     checkpoints = _checkpoints_dir(request, app_dir) if job_type is JobType.EVALUATION else None
-    problems = check_app(app_dir, job_type, checkpoints_dir=checkpoints)
+    problems = check_app(app_dir, job_type, checkpoints_dir=checkpoints, style=request.style)
     if problems:
         raise FlipJobError(format_problems(app_dir, job_type, problems))
     sites = _check_options(request)
-    template = template_dir(job_type)
+    app_config = _load_json(app_dir / CONFIG_FILE)
+    gpu, gpu_origin, resource_spec = _gpu_spec(request, app_config, sites)
+    template = template_dir(job_type, request.style)
     job_dir = _prepare_job_dir(Path(request.job_dir), request.force, app_dir)
 
     server = _load_json(template / JOB_SERVER_CONFIG)
     client = _load_json(template / JOB_CLIENT_CONFIG)
-    app_config = _load_json(app_dir / CONFIG_FILE)
     _fill_server(server, request, job_type, app_config, checkpoints)
     _fill_client(client, request)
+    if request.style == "client_api" and job_type is not JobType.EVALUATION:
+        _apply_flip_app_keys(server, client, app_config)
     min_clients = _fill_sites(server, request, sites)
 
     config_dir = job_dir / JOB_APP / "config"
@@ -161,14 +186,22 @@ def build_job(request: JobRequest) -> CreatedJob:
     meta = _load_meta(template)
     meta["name"] = job_dir.name
     meta["min_clients"] = min_clients
+    meta.setdefault(CUSTOM_PROPS, {})[VERSION_PROP] = installed_version()
+    if resource_spec:
+        meta["resource_spec"] = resource_spec
     _write_json(job_dir / JOB_META, meta)
     warning = min_clients_warning(min_clients, sites, training=job_type is not JobType.EVALUATION) if sites else None
     return CreatedJob(
         job_dir=job_dir,
         min_clients=min_clients,
         sites=sites,
-        notes=(*app_defaults(app_dir, job_type), *_site_notes(request, sites, min_clients)),
+        notes=(
+            *app_defaults(app_dir, job_type),
+            *_site_notes(request, sites, min_clients),
+            *_gpu_notes(request, gpu, gpu_origin, sites),
+        ),
         warnings=(warning,) if warning else (),
+        resource_spec=dict(meta.get("resource_spec") or {}),
     )
 
 
@@ -206,6 +239,47 @@ def _check_options(request: JobRequest) -> tuple[str, ...] | None:
     if problems:
         raise FlipJobError("Cannot create the job:\n" + "\n".join(f"  - {p}" for p in problems))
     return sites
+
+
+def _gpu_spec(
+    request: JobRequest, app_config: dict[str, Any], sites: Sequence[str] | None
+) -> tuple[GpuRequest | None, str, dict[str, Any]]:
+    """The job's GPU request, where it came from, and its ``resource_spec`` (``{}`` for none).
+
+    ``--gpus`` / ``--gpu-mem`` win over the app's ``config.json`` ``RESOURCE_SPEC`` (as a request
+    given at submission wins at FLIP's hub).
+
+    Raises:
+        FlipJobError: The request is invalid (every problem is named).
+    """
+    try:
+        if request.gpus is not None:
+            gpu: GpuRequest | None = check_gpu_request(request.gpus, request.gpu_mem)
+            origin = "--gpus"
+        elif request.gpu_mem is not None:
+            raise FlipConfigError("--gpu-mem needs --gpus (the number of GPUs per site).")
+        else:
+            gpu, origin = app_gpu_request(app_config), f"config.json {APP_CONFIG_KEY}"
+        spec = gpu_resource_spec(sites, gpu.gpus, gpu.gpu_mem) if gpu is not None else {}
+    except FlipConfigError as exc:
+        raise FlipJobError(f"Cannot create the job:\n  - {exc}") from None
+    return gpu, origin, spec
+
+
+def _gpu_notes(request: JobRequest, gpu: GpuRequest | None, origin: str, sites: Sequence[str] | None) -> list[str]:
+    if gpu is None:
+        return []
+    where = f"at each of {name_sites(sites)}" if sites else "at every site (NVFlare's @default entry)"
+    note = (
+        f"resource_spec: {gpu.describe()} {where} (from {origin}); each site's NVFlare resource manager holds "
+        "the job until they are free (the simulator does not)."
+    )
+    if FlipMode(request.mode) is FlipMode.PROD:
+        note += (
+            " In prod, FLIP's hub writes resource_spec itself: the GPU request given at submission, else "
+            f"config.json {APP_CONFIG_KEY}, else its default."
+        )
+    return [note]
 
 
 def _dev_data_problems(folder: Path) -> list[str]:
@@ -266,6 +340,57 @@ def _fill_client(client: dict[str, Any], request: JobRequest) -> None:
         args = _component_args(client, FLIP_COMPONENT_ID)
         args["dev_dataframe"] = f"{root}/{{SITE_NAME}}/{DEV_COHORT}"
         args["dev_images_dir"] = f"{root}/{{SITE_NAME}}/{DEV_IMAGES}"
+
+
+def _apply_flip_app_keys(server: dict[str, Any], client: dict[str, Any], app_config: dict[str, Any]) -> None:
+    """What FLIP's hub adds to a Client API training job from the app's config.json, as the recipes' arguments do.
+
+    ``BEST_MODEL_METRIC`` (with ``BEST_MODEL_METRIC_MINIMIZE``) adds NVFlare's best-model selector;
+    ``AGGREGATE_ONLY_REGEX`` sends only the matching parameters (before the privacy filter).
+
+    Raises:
+        FlipJobError: A key has the wrong type or an unusable value.
+    """
+    metric = app_config.get("BEST_MODEL_METRIC")
+    if metric is not None:
+        minimize = app_config.get("BEST_MODEL_METRIC_MINIMIZE", False)
+        if not isinstance(metric, str) or not metric.strip() or not isinstance(minimize, bool):
+            raise FlipJobError(
+                "Cannot create the job:\n  - config.json BEST_MODEL_METRIC must be a metric name and "
+                "BEST_MODEL_METRIC_MINIMIZE true or false."
+            )
+        if int(server.get("global_rounds", 1)) <= 1:
+            raise FlipJobError(
+                "Cannot create the job:\n  - config.json BEST_MODEL_METRIC needs GLOBAL_ROUNDS > 1 (the best model "
+                "is chosen among the rounds' global models, and NVFlare's selector skips the first)."
+            )
+        selector: dict[str, Any] = {"key_metric": metric}
+        if minimize:
+            selector["negate_key_metric"] = True
+        server["components"].append(
+            {
+                "id": "model_selector",
+                "path": "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector",
+                "args": selector,
+            }
+        )
+    regex = app_config.get("AGGREGATE_ONLY_REGEX")
+    if regex not in (None, ""):
+        import re
+
+        try:
+            re.compile(str(regex))
+        except re.error as exc:
+            raise FlipJobError(f"Cannot create the job:\n  - config.json AGGREGATE_ONLY_REGEX: {exc}.") from None
+        for chain in client.get("task_result_filters", []):
+            if "train" in chain.get("tasks", []):
+                chain["filters"].insert(
+                    0,
+                    {
+                        "path": "nvflare.app_common.filters.exclude_vars.ExcludeVars",
+                        "args": {"exclude_vars": f"^(?!.*(?:{regex}))"},
+                    },
+                )
 
 
 def _fill_sites(server: dict[str, Any], request: JobRequest, sites: Sequence[str] | None) -> int:

@@ -13,12 +13,16 @@ from pathlib import Path
 from flip_nvflare.constants import JobType
 from flip_nvflare.errors import FlipConfigError
 
-#: Template folder name of each job type.
+#: Template folder name of each job type (executor-style apps: FLIP_TRAINER, FLIP_VALIDATOR, FLIP_EVALUATOR).
 TEMPLATE_NAMES: dict[JobType, str] = {
     JobType.STANDARD: "flip_standard",
     JobType.EVALUATION: "flip_evaluation",
     JobType.FED_OPT: "flip_fed_opt",
 }
+
+#: The app styles FLIP uses: executor classes, or Client API scripts (``<name>_client_api`` templates,
+#: exported from the recipes by :mod:`flip_nvflare.jobs.client_api_templates`).
+STYLES = ("executor", "client_api")
 
 #: Files every template folder holds.
 TEMPLATE_FILES = ("info.conf", "meta.conf", "config_fed_server.json", "config_fed_client.json")
@@ -40,13 +44,25 @@ def as_job_type(value: str | JobType) -> JobType:
         raise FlipConfigError(f"Unknown job type {value!r}; use one of {choices}.") from None
 
 
-def template_dir(job_type: str | JobType) -> Path:
-    """The template folder of ``job_type``.
+def template_name(job_type: str | JobType, style: str = "executor") -> str:
+    """The template folder name of ``job_type`` in app ``style`` (``flip_standard``, ``flip_standard_client_api``...).
 
     Raises:
-        FlipConfigError: Unknown job type, or the template is missing from the installation.
+        FlipConfigError: Unknown job type or style.
     """
-    folder = templates_root() / TEMPLATE_NAMES[as_job_type(job_type)]
+    if style not in STYLES:
+        raise FlipConfigError(f"Unknown app style {style!r}; use one of {', '.join(STYLES)}.")
+    name = TEMPLATE_NAMES[as_job_type(job_type)]
+    return f"{name}_client_api" if style == "client_api" else name
+
+
+def template_dir(job_type: str | JobType, style: str = "executor") -> Path:
+    """The template folder of ``job_type`` in app ``style``.
+
+    Raises:
+        FlipConfigError: Unknown job type or style, or the template is missing from the installation.
+    """
+    folder = templates_root() / template_name(job_type, style)
     missing = [name for name in TEMPLATE_FILES if not (folder / name).is_file()]
     if missing:
         raise FlipConfigError(

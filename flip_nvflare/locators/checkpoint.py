@@ -43,10 +43,22 @@ class CheckpointModelLocator(ModelLocator):
             ``custom/`` folder (warned about: it is deployed to clients too).
         config_file: The app's config file, in the job's ``custom/`` folder.
         models_key: The key of ``config_file`` listing the models.
+        default_checkpoint: When ``config_file`` lists no models, evaluate this one checkpoint as the
+            model ``"model"`` (FLIP's Client API evaluation apps ship ``model.pt``). Empty: a config
+            without models is an error.
     """
 
-    def __init__(self, checkpoint_dir: str = "", config_file: str = "config.json", models_key: str = "models") -> None:
+    def __init__(
+        self,
+        checkpoint_dir: str = "",
+        config_file: str = "config.json",
+        models_key: str = "models",
+        default_checkpoint: str = "",
+    ) -> None:
         super().__init__()
+        if not isinstance(default_checkpoint, str):
+            raise FlipConfigError("CheckpointModelLocator: default_checkpoint must be a file name (a string).")
+        self._default_checkpoint = default_checkpoint
         if checkpoint_dir is not None and not isinstance(checkpoint_dir, str):
             raise FlipConfigError("CheckpointModelLocator: checkpoint_dir must be a folder path (a string).")
         self._checkpoint_dir_arg = checkpoint_dir or ""
@@ -88,7 +100,7 @@ class CheckpointModelLocator(ModelLocator):
     def _find_checkpoints(self, fl_ctx: FLContext) -> dict[str, Path]:
         custom_dir = Path(str(fl_ctx.get_prop(FLContextKey.APP_ROOT))) / "custom"
         config_path = custom_dir / self._config_file
-        models = _read_models(config_path, self._models_key)
+        models = _read_models(config_path, self._models_key, self._default_checkpoint)
         if self._checkpoint_dir_arg:
             folder = Path(self._checkpoint_dir_arg)
         else:
@@ -103,7 +115,7 @@ class CheckpointModelLocator(ModelLocator):
         return resolve_checkpoints(models, folder)
 
 
-def _read_models(config_path: Path, models_key: str) -> dict[str, Any]:
+def _read_models(config_path: Path, models_key: str, default_checkpoint: str = "") -> dict[str, Any]:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -114,6 +126,8 @@ def _read_models(config_path: Path, models_key: str) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise FlipConfigError(f"{config_path.name} cannot be read as JSON ({type(exc).__name__}).") from None
     models = config.get(models_key) if isinstance(config, dict) else None
+    if models is None and default_checkpoint:
+        return {"model": {"checkpoint": default_checkpoint}}
     if not isinstance(models, dict) or not models:
         raise FlipConfigError(
             f"{config_path.name} has no {models_key!r} to evaluate: add "

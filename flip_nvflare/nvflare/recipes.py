@@ -1,8 +1,3 @@
-"""FLIP's ``flip.nvflare.recipes`` path: its job recipes are not provided; importing one says what to use instead.
+"""Mirror of FLIP's ``flip.nvflare.recipes`` path: the recipes live in :mod:`flip_nvflare.recipes`."""
 
-flip-nvflare builds jobs from NVFlare job templates (``flip-nvflare job create``, see docs/templates.md).
-"""
-
-from flip_nvflare.compat import unsupported_names
-
-__getattr__ = unsupported_names(__name__)
+from flip_nvflare.recipes import __getattr__ as __getattr__

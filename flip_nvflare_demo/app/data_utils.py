@@ -1,4 +1,4 @@
-"""Cohort loading shared by the demo's trainer, validator and evaluator.
+"""Cohort loading shared by the demo's trainer, validator and evaluator (both app styles).
 
 The cohort comes from FLIP through the job's preparation task: CohortPreparer ran
 ``get_dataframe`` (one row per imaging study, with ``accession_id`` and the label) and
@@ -63,21 +63,45 @@ def load_cohort(label_column: str) -> tuple[Cohort, list[str]]:
     (``prepared_cohort()``); the app does not fetch them again. Studies without a usable image
     or label are skipped (counted in the log, never named).
     """
-    import nibabel as nib
-
     cohort = prepared_cohort()
     frame = cohort.ready_dataframe()
     for column in (cohort.accession_column, label_column):
         if column not in frame.columns:
             raise ValueError(f"The cohort has no {column!r} column; the query must return it.")
+    rows = zip(frame[cohort.accession_column], frame[label_column], frame["image_folder"], strict=True)
+    return _tensors(((str(a), label, Path(folder)) for a, label, folder in rows), len(cohort.missing))
+
+
+def fetch_cohort(flip: Any, project_id: str, query: str, label_column: str) -> tuple[Cohort, list[str]]:
+    """The cohort of a Client API script, fetched as FLIP's tutorials do it: the dataframe, then each study.
+
+    ``flip`` is ``FLIP()``: ``get_dataframe`` runs the query at the trust, ``get_by_accession_number``
+    gives each study's image folder. A study whose images cannot be fetched is skipped (counted,
+    never named).
+    """
+    frame = flip.get_dataframe(project_id, query)
+    for column in ("accession_id", label_column):
+        if column not in frame.columns:
+            raise ValueError(f"The cohort has no {column!r} column; the query must return it.")
+    rows: list[tuple[str, Any, Path]] = []
+    failed = 0
+    for accession_id, label in zip(frame["accession_id"], frame[label_column], strict=True):
+        try:
+            rows.append((str(accession_id), label, Path(flip.get_by_accession_number(project_id, str(accession_id)))))
+        except Exception:
+            failed += 1
+    return _tensors(iter(rows), failed)
+
+
+def _tensors(rows: Any, skipped: int) -> tuple[Cohort, list[str]]:
+    """Each (accession id, label, image folder) as a normalised volume and a label; unusable ones skipped."""
+    import nibabel as nib
+
     volumes: list[np.ndarray] = []
     labels: list[int] = []
     accessions: list[str] = []
-    skipped = len(cohort.missing)
-    for accession_id, label, folder in zip(
-        frame[cohort.accession_column], frame[label_column], frame["image_folder"], strict=True
-    ):
-        files = sorted(Path(folder).rglob("*.nii*"))
+    for accession_id, label, folder in rows:
+        files = sorted(folder.rglob("*.nii*"))
         if not files or label not in (0, 1):
             skipped += 1
             continue
@@ -85,7 +109,7 @@ def load_cohort(label_column: str) -> tuple[Cohort, list[str]]:
         volume = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
         volumes.append((volume - volume.mean()) / (volume.std() + 1e-6))
         labels.append(int(label))
-        accessions.append(str(accession_id))
+        accessions.append(accession_id)
     if not volumes:
         raise ValueError("No usable study in the cohort (each needs a NIfTI image and a 0/1 label).")
     logger.info("Cohort loaded: %d studies with images, %d skipped.", len(volumes), skipped)

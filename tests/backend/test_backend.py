@@ -154,12 +154,25 @@ def test_prod_settings_check_can_be_turned_off(tmp_path: Path) -> None:
     assert isinstance(get_flip_backend(engine.new_context()), FLIPStandardProd)
 
 
-def test_a_hub_session_needs_a_model_id(tmp_path: Path) -> None:
-    engine = FakeEngine(tmp_path, components={"flip": FlipBackend(mode="dev", model_id="{model_id}")})
+def test_a_prod_hub_session_needs_a_model_id_from_somewhere(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        tmp_path, components={"flip": FlipBackend(mode="prod", model_id="{model_id}", check_settings=False)}
+    )
 
-    with pytest.raises(FlipConfigError, match='has no model_id: add the top-level key "model_id"'):
+    with pytest.raises(FlipConfigError, match="This prod job names no model id"):
         get_hub_session(engine.new_context())
     assert len(panics(engine)) == 1
+
+
+def test_a_dev_hub_session_without_a_model_id_uses_the_all_zero_dev_id(tmp_path: Path) -> None:
+    from flip_nvflare.jobs.identity import DEV_MODEL_ID
+
+    engine = FakeEngine(tmp_path, components={"flip": FlipBackend(mode="dev", model_id="")})
+
+    session = get_hub_session(engine.new_context())
+
+    assert session.model_id == DEV_MODEL_ID == "00000000-0000-0000-0000-000000000000"
+    session.release("FlipBackend")
 
 
 def test_a_hub_session_is_refused_on_a_client(tmp_path: Path) -> None:

@@ -351,3 +351,28 @@ def test_what_did_not_reach_the_hub_is_listed_by_kind_and_series_never_values() 
     assert report.missed == {"metric A": 1}
     line = summarise(report)
     assert "missing from the hub: 1 metric A" in line and "1.0" not in line.split("missing")[1]
+
+
+def test_many_series_share_every_connection_in_order_around_a_status() -> None:
+    """Senders take their next call themselves: all connections stay busy, each series in order, none overlapping."""
+    clock = FakeClock()
+    hub = RecordingHub(latency=0.01, clock=clock)
+    delivery = HubDelivery(hub, concurrency=3, retry=FAST, clock=clock)
+    for n in range(4):
+        for name in "ABCDE":
+            delivery.submit(series_metric(name, n))
+    delivery.submit(status("PREPARED"))
+    for n in range(4, 6):
+        for name in "ABCDE":
+            delivery.submit(series_metric(name, n))
+    report = close_on(clock, delivery)
+    assert report.delivered == {"metric": 30, "status": 1} and not report.undelivered
+    order = sent(hub)
+    for name in "ABCDE":
+        assert [label for label in order if label[0] == name] == [f"{name}{n}" for n in range(6)]
+        spans = sorted((start, end) for _, args, start, end in hub.calls if args[0][0] == name)
+        assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+    barrier = order.index("PREPARED")
+    assert all(order.index(f"{name}{n}") < barrier for name in "ABCDE" for n in range(4))
+    assert all(order.index(f"{name}{n}") > barrier for name in "ABCDE" for n in range(4, 6))
+    assert hub.max_in_flight == 3

@@ -68,7 +68,7 @@ def test_evaluation_results_are_uploaded(run: DualRun) -> None:
     assert re.fullmatch(rf"{run.model_id}/\d{{8}}_\d{{6}}\.zip", key)
     path = download_results(run.hub.env(), key, run.root / "downloaded.zip")
     for zip_path in (path, *run.result.dev_zips(run.dev)):
-        assert zip_names(zip_path) == {"evaluation_results.json", "run_summary.json"}
+        assert zip_names(zip_path) == {"evaluation_results.json", "run_summary.json", "provenance.json"}
         assert zip_json(zip_path, "evaluation_results.json") == {
             "site-1": {"SRV_server": {"accuracy": 0.5}},
             "site-2": {"SRV_server": {"accuracy": 0.5}},

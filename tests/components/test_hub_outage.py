@@ -149,7 +149,12 @@ def test_every_metric_arrives_exactly_once(run: OutageRun) -> None:
 def test_failed_upload_keeps_every_file_and_says_where(run: OutageRun) -> None:
     assert run.hub.results(run.model_id) == []
     folder = run.result.results_folder(run.side)
-    assert {p.name for p in folder.iterdir()} == {"server.npy", "cross_val_results.json", "run_summary.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "server.npy",
+        "cross_val_results.json",
+        "run_summary.json",
+        "provenance.json",
+    }
     run_dir = run.result.job.server_run_dir
     assert (run_dir / "models" / "server.npy").is_file() and (run_dir / "cross_site_val").is_dir()
     log = run.result.server_log()

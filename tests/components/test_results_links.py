@@ -14,6 +14,7 @@ from pathlib import Path
 from nvflare.app_common.app_event_type import AppEventType
 
 from flip_nvflare.backend import FlipBackend
+from flip_nvflare.components.provenance import PROVENANCE_FILE
 from flip_nvflare.components.results import SKIPPED_LINKS, SUMMARY_FILE, ResultsUploader
 from flip_nvflare.constants import FlipEvents
 from tests.engine import FakeEngine
@@ -80,7 +81,7 @@ def test_links_to_outside_files_as_the_model_and_in_the_results_folder_never_rea
     assert zip_path is not None
     members = _members(zip_path)
     _assert_no_secret(members, "A", "B")
-    assert sorted(members) == ["best_FL_global_model.pt", "cross_val_results.json", SUMMARY_FILE]
+    assert sorted(members) == ["best_FL_global_model.pt", "cross_val_results.json", PROVENANCE_FILE, SUMMARY_FILE]
     assert members["best_FL_global_model.pt"] == b"best weights"
     summary = json.loads(members[SUMMARY_FILE])
     assert summary[SKIPPED_LINKS] == 2
@@ -141,7 +142,7 @@ def test_directory_links_are_neither_gathered_from_nor_zipped(tmp_path: Path) ->
     assert zip_path is not None
     members = _members(zip_path)
     _assert_no_secret(members, "D", "E")
-    assert sorted(members) == ["FL_global_model.pt", SUMMARY_FILE, "sub/kept.json"]
+    assert sorted(members) == ["FL_global_model.pt", PROVENANCE_FILE, SUMMARY_FILE, "sub/kept.json"]
     assert members["FL_global_model.pt"] == b"final weights"
     assert json.loads(members[SUMMARY_FILE])[SKIPPED_LINKS] == 4  # models, linked, sub/loop, run_dir
     assert (tmp_path / "outside" / "D" / "inside.pth").read_bytes() == SECRETS["D"]

@@ -11,6 +11,7 @@ import pytest
 from nvflare.apis.event_type import EventType
 from nvflare.app_common.app_event_type import AppEventType
 
+from flip_nvflare.components.provenance import PROVENANCE_FILE
 from flip_nvflare.components.results import SUMMARY_FILE, ResultsUploader
 from flip_nvflare.components.status import StatusReporter
 from flip_nvflare.constants import FlipEvents, FlipProps
@@ -71,6 +72,7 @@ def test_a_completed_run_is_gathered_uploaded_then_removed(tmp_path: Path) -> No
         "best_FL_global_model.pt",
         "cross_val_results.json",
         "extra.pth",
+        PROVENANCE_FILE,
         SUMMARY_FILE,
     ]
     assert summary["outcome"] == "completed" and summary["rounds_aggregated"] == 2
@@ -150,7 +152,7 @@ def test_what_is_included_and_removed_can_be_configured(tmp_path: Path) -> None:
     engine.end_run()
 
     assert [files for _m, files, _s in hub.uploads] == [
-        ["FL_global_model.pt", "best_FL_global_model.pt", SUMMARY_FILE, "train.txt"]
+        ["FL_global_model.pt", "best_FL_global_model.pt", PROVENANCE_FILE, SUMMARY_FILE, "train.txt"]
     ]
     run_dir = engine.run_dir
     assert not (run_dir / "out").exists() and not (run_dir / "logs").exists()
@@ -171,7 +173,7 @@ def test_files_with_the_same_name_and_runs_without_models_are_logged(
     with caplog.at_level(logging.WARNING):
         engine.end_run()
 
-    assert [files for _m, files, _s in hub.uploads] == [["model.pt", SUMMARY_FILE]]
+    assert [files for _m, files, _s in hub.uploads] == [["model.pt", PROVENANCE_FILE, SUMMARY_FILE]]
     assert any("a file named model.pt is there" in r.getMessage() for r in caplog.records)
     assert (engine.run_dir / "b" / "model.pt").exists()  # not uploaded, so not removed
 
@@ -181,7 +183,7 @@ def test_files_with_the_same_name_and_runs_without_models_are_logged(
     empty.start_run()
     with caplog.at_level(logging.WARNING):
         empty.end_run()
-    assert [files for _m, files, _s in empty_hub.uploads] == [[SUMMARY_FILE]]
+    assert [files for _m, files, _s in empty_hub.uploads] == [[PROVENANCE_FILE, SUMMARY_FILE]]
     assert any("the results hold no model" in r.getMessage() for r in caplog.records)
 
 
@@ -196,7 +198,7 @@ def test_files_in_a_separate_result_root_are_gathered(tmp_path: Path, monkeypatc
     engine.start_run()
     engine.end_run()
 
-    assert [files for _m, files, _s in hub.uploads] == [["final.pt", SUMMARY_FILE]]
+    assert [files for _m, files, _s in hub.uploads] == [["final.pt", PROVENANCE_FILE, SUMMARY_FILE]]
     assert not (result_root / "models" / "final.pt").exists()
 
 
@@ -237,3 +239,24 @@ def test_without_a_backend_the_uploader_does_nothing(tmp_path: Path) -> None:
 
     assert (engine.run_dir / "app_server" / "FL_global_model.pt").exists()
     assert not (engine.run_dir / "flip_results" / SUMMARY_FILE).exists()
+
+
+class ProgressingHub(UploadingHub):
+    """A backend whose upload takes the optional ``progress`` callback, as the prod backend's does."""
+
+    def upload_results_to_s3(self, results_folder: str | Path, model_id: str, *, progress: Any = None) -> str:
+        assert progress is not None
+        for done in (0, 1024, 2048):
+            progress(done, 2048)
+        return super().upload_results_to_s3(results_folder, model_id)
+
+
+def test_upload_progress_is_logged_as_bytes_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine, _ = server_job(tmp_path, ResultsUploader(), hub=ProgressingHub())
+    make_run_folder(engine.run_dir)
+    engine.start_run()
+    with caplog.at_level(logging.INFO):
+        engine.end_run()
+    lines = [r.getMessage() for r in caplog.records if "Results upload:" in r.getMessage()]
+    assert len(lines) == 1 and "Results upload: 100% (2.0 KiB/2.0 KiB)" in lines[0]
+    assert not any(word in lines[0] for word in ("FL_global_model", "flip_results", str(tmp_path)))

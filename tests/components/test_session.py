@@ -166,3 +166,22 @@ def test_the_summary_says_when_its_delivery_figures_are_provisional() -> None:
     session.release("test")
     after = session.summary()["hub_delivery"]
     assert after["provisional"] is False and after["delivered"] == {"metric": 1} and after["missed"] == {}
+
+
+def test_summary_sections_added_by_widgets_appear_and_cannot_shadow_core_keys() -> None:
+    session = HubSession(
+        RecordingHub(),
+        model_id="3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        trust_names=TrustNames(),
+        hub_api=None,
+        settings=SessionSettings(concurrency=1, drain_timeout=10.0),
+        flip_mode="dev",
+    )
+    spent = {"site-1": 0.5}
+    session.add_summary_section("privacy", lambda: {"epsilon_spent": dict(spent)})
+    spent["site-1"] = 1.25  # computed when the summary is made, not when the section is added
+    assert session.summary()["privacy"] == {"epsilon_spent": {"site-1": 1.25}}
+    for taken in ("privacy", "metrics", "hub_delivery", "outcome"):
+        with pytest.raises(FlipConfigError, match=taken):
+            session.add_summary_section(taken, dict)
+    session.release("none")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flip_nvflare.components.provenance import verify_results_zip
 from tests.components.simjobs import (
     DualRun,
     PlanContext,
@@ -84,14 +85,19 @@ def test_progress_events_reach_the_h2_hub_in_round_order(run: DualRun) -> None:
 
 
 def _check_results_zip(path: Path, hub_api: str | None) -> None:
-    assert zip_names(path) == {"server.npy", "cross_val_results.json", "run_summary.json"}
+    assert zip_names(path) == {"server.npy", "cross_val_results.json", "run_summary.json", "provenance.json"}
+    checked = verify_results_zip(path)  # every member's SHA-256 as provenance.json records it
+    assert checked.ok and sorted(checked.verified) == ["cross_val_results.json", "run_summary.json", "server.npy"]
+    provenance = checked.provenance or {}
+    assert (provenance["job_type"], provenance["rounds_completed"]) == ("standard", 2)
+    assert provenance["trusts"] == ["Trust_1", "Trust_2"] and provenance["app_code"]["files"] >= 3
     cross_site = zip_json(path, "cross_val_results.json")
     assert set(cross_site) == {"site-1", "site-2"}
     assert all(set(models) == {"SRV_server"} and "accuracy" in models["SRV_server"] for models in cross_site.values())
     summary = zip_json(path, "run_summary.json")
     assert summary["outcome"] == "completed" and summary["hub_api"] == hub_api
     assert summary["rounds_aggregated"] == 2 and summary["client_errors"] == {}
-    assert summary["metrics"]["dropped"] == {"non_finite": 2}  # one NaN per site, sent on purpose
+    assert summary["metrics"]["dropped"] == {}  # the NaN each site sent was dropped at the site (flip_nvflare.metrics)
     assert summary["metrics"]["forwarded"] == sum(sum(c.values()) for c in summary["metrics"]["by_client"].values())
     assert summary["trusts"] == {"site-1": "Trust_1", "site-2": "Trust_2"}
     assert [s["status"] for s in summary["statuses"]] == ["INITIATED", "PREPARED", "TRAINING_STARTED"]

@@ -28,12 +28,19 @@ SECRET_TEXT = "Zq7SecretValue"
 SECRET_NUMBER = 918273645
 
 
-@pytest.fixture(params=["default", "vectorised"])
+@pytest.fixture(params=["default", "vectorised", "object-strings"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "vectorised":
+    if request.param in ("vectorised", "object-strings"):
         monkeypatch.setattr(frames, "_FAST_PATH_MIN_BYTES", 0)
         monkeypatch.setattr(frames, "_DEDUPE_MIN_ROWS", 0)
+    if request.param == "object-strings":  # as without pyarrow: strings go through Python objects
+        monkeypatch.setattr(frames, "_arrow_string_dtype", lambda: None)
     return str(request.param)
+
+
+def arrow_strings() -> bool:
+    """Whether pandas keeps this run's strings in Arrow (then no Python str object is shared)."""
+    return getattr(pd.DataFrame({0: ["a"]})[0].dtype, "storage", None) == "pyarrow"
 
 
 def naive(body: bytes) -> pd.DataFrame:
@@ -57,10 +64,17 @@ def assert_same_frame(got: pd.DataFrame, expected: pd.DataFrame) -> None:
             assert [repr(v) for v in have] == [repr(v) for v in want], name
 
 
-def check(body: bytes | str) -> pd.DataFrame:
+def check(body: bytes | str) -> pd.DataFrame | None:
+    """The decoded frame, checked against the naive one; if the naive decode raises, the same error type."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    try:
+        expected = naive(raw)
+    except (UnicodeError, ValueError) as exc:  # e.g. a lone surrogate that Arrow-backed strings refuse
+        with pytest.raises(type(exc)):
+            dataframe_from_columns_json(raw)
+        return None
     got = dataframe_from_columns_json(raw)
-    assert_same_frame(got, naive(raw))
+    assert_same_frame(got, expected)
     return got
 
 
@@ -153,6 +167,7 @@ def test_duplicate_keys_keep_the_first_place_and_the_last_value(mode: str) -> No
 
 def test_column_names(mode: str) -> None:
     got = check('{"q\\"uote":[1],"\\u00e9t\\u00e9":[2],"":[3],"back\\\\":[4],"sp ace":[5],"中":[6]}')
+    assert got is not None
     assert list(got.columns) == ['q"uote', "été", "", "back\\", "sp ace", "中"]
 
 
@@ -270,6 +285,9 @@ def test_moderate_cohort_matches_and_shares_repeated_strings() -> None:
     assert_same_frame(got, naive(body))
     # Repeated strings are stored once each: a few thousand objects, not one per row.
     for name in ("study_date", "modality", "site"):
+        if arrow_strings():  # Arrow holds the bytes: no Python str per row at all
+            assert isinstance(got[name].array, pd.arrays.ArrowStringArray), name
+            continue
         distinct_objects = {id(v) for v in got[name].array if isinstance(v, str)}
         assert len(distinct_objects) <= 3000, name
     # The frame behaves like any other: values can be set in place.
@@ -331,9 +349,11 @@ def test_plain_lists_take_the_vectorised_paths(monkeypatch: pytest.MonkeyPatch) 
     for text in (compact(columns), json.dumps(columns)):
         general.clear()
         got = check(text)
+        assert got is not None
         assert general == [], "every list here is plain: none should need the json module"
-        code_objects = {id(v) for v in got["code"].array if isinstance(v, str)}
-        assert len(code_objects) == 2  # "CT" and "MR", each one object
+        if not arrow_strings():
+            code_objects = {id(v) for v in got["code"].array if isinstance(v, str)}
+            assert len(code_objects) == 2  # "CT" and "MR", each one object
 
 
 @pytest.mark.parametrize("ensure_ascii", [False, True])
@@ -346,7 +366,9 @@ def test_repeated_strings_with_escapes(mode: str, ensure_ascii: bool) -> None:
         json.dumps({"a": column}),
     ):
         got = check(text)
-        assert len({id(v) for v in got["a"].array if isinstance(v, str)}) <= 2 * len(values)
+        assert got is not None
+        if not arrow_strings():
+            assert len({id(v) for v in got["a"].array if isinstance(v, str)}) <= 2 * len(values)
     unique = [f'n\\{i}"' for i in range(6000)]
     check(json.dumps({"a": unique}, ensure_ascii=ensure_ascii))
 
@@ -355,7 +377,8 @@ def test_repeated_strings_are_shared_on_the_general_path_too(mode: str) -> None:
     body = compact({"a": ['q"x', "back\\slash", None, "é"] * 5000}).encode()
     got = dataframe_from_columns_json(body)
     assert_same_frame(got, naive(body))
-    assert len({id(v) for v in got["a"].array if isinstance(v, str)}) == 3
+    if not arrow_strings():
+        assert len({id(v) for v in got["a"].array if isinstance(v, str)}) == 3
 
 
 def test_freed_memory_is_handed_back_without_error() -> None:
@@ -508,3 +531,50 @@ def test_messages_never_carry_values(mode: str, template: str) -> None:
         assert str(SECRET_NUMBER) not in shown
         assert error.__cause__ is None
         assert error.__context__ is None or error.__suppress_context__
+
+
+# --------------------------------------------------------------------------- which path decodes
+
+
+@pytest.mark.skipif(not arrow_strings(), reason="pandas keeps strings as Python objects here")
+def test_plain_string_lists_become_arrow_columns_without_python_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = 20_000
+    rng = random.Random(8)
+    columns = {
+        "uid": [f"1.2.826.{rng.getrandbits(60)}" for _ in range(rows)],
+        "code": [rng.choice(["CT", "MR", None, "é中"]) for _ in range(rows)],
+        "edge_nulls": [None, None] + ["x"] * (rows - 3) + [None],
+    }
+
+    def no_objects(*args: Any) -> Any:
+        raise AssertionError("a plain string list went through Python objects")
+
+    monkeypatch.setattr(frames, "_string_column", no_objects)
+    monkeypatch.setattr(frames, "_decode_list", no_objects)
+    for text in (compact(columns), json.dumps(columns, ensure_ascii=False)):
+        got = check(text)
+        assert got is not None
+        assert all(isinstance(got[name].array, pd.arrays.ArrowStringArray) for name in columns)
+
+
+def test_invalid_utf8_in_a_plain_string_list_is_still_refused(mode: str) -> None:
+    items = b",".join([b'"ok"'] * 9000 + [b'"\xc3\x28"'] + [b'"ok"'] * 9000)
+    with pytest.raises(FlipInvalidResponse, match="not valid UTF-8"):
+        dataframe_from_columns_json(b'{"a":[' + items + b"]}")
+
+
+def test_msgspec_decodes_general_lists_and_json_judges_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[int] = []
+    json_decode = frames._json_decode_list
+
+    def spy(body: bytes, start: int, close: int, name: str) -> Any:
+        used.append(start)
+        return json_decode(body, start, close, name)
+
+    monkeypatch.setattr(frames, "_json_decode_list", spy)
+    check('{"a":[1,"x",{"k":null},{}],"b":[1.5,2,true,null]}')
+    assert used == []  # msgspec took both lists
+    for text in ('{"a":[NaN,1]}', '{"a":[1e400,1]}', '{"a":["\\ud800x",1]}', '{"a":["]",1]}', '{"a":[[1],[2]]}'):
+        used.clear()
+        check(text)
+        assert used, text  # what msgspec refuses or cannot see whole, the json module decodes

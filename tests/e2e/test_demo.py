@@ -71,3 +71,22 @@ def test_each_site_read_its_own_data(demo_run: DemoRun) -> None:
     # The same initial model scores differently on the two sites' validation splits: they hold different data.
     record = from_dev_ledger(demo_run.server_run_dir / "flip_dev", DEMO_MODEL_ID)
     assert record.series(KEY_METRIC, "site-1")[0] != record.series(KEY_METRIC, "site-2")[0]
+
+
+def test_demo_ends_with_a_metrics_png_and_a_results_zip_that_verifies(demo_run: DemoRun) -> None:
+    from flip_nvflare.components.provenance import verify_results_zip
+
+    png = demo_run.workdir / "metrics.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Metrics plot: {png}" in demo_run.output and (demo_run.workdir / "report.txt").is_file()
+    (zip_path,) = sorted((demo_run.server_run_dir / "flip_dev" / "results" / DEMO_MODEL_ID).glob("*.zip"))
+    checked = verify_results_zip(zip_path, app_dir=demo_run.job / "app")  # the app code that ran is the job's
+    assert checked.ok, checked
+    provenance = checked.provenance or {}
+    assert (provenance["job_type"], provenance["rounds_completed"], provenance["trusts"]) == (
+        "standard",
+        3,
+        ["Trust_1", "Trust_2"],
+    )
+    (chain,) = provenance["privacy"]["client_filters"]["task_result_filters"]
+    assert chain["filters"][0]["path"] == "flip_nvflare.filters.PercentilePrivacy"

@@ -164,7 +164,8 @@ def test_an_existing_privacy_json_is_replaced(tmp_path: Path, site: Path) -> Non
     (site / "local" / "privacy.json").write_text('{"scopes": []}')
     code, config = _render(tmp_path, site, VALID)
     assert code == 0 and config["default_scope"] == "standard"
-    assert [p.name for p in (site / "local").iterdir()] == ["privacy.json"]  # no temp file left
+    # no temp file left; the metric policy is rendered next to it
+    assert sorted(p.name for p in (site / "local").iterdir()) == ["flip_metric_policy.json", "privacy.json"]
 
 
 def test_local_folder_is_created(tmp_path: Path) -> None:
@@ -284,3 +285,28 @@ def test_load_policy_reads_a_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(SitePolicyError, match="cannot be read"):
         load_policy(path)
+
+
+def test_allow_list_is_printed_or_merged_keeping_the_sites_own_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from flip_nvflare.cli.site_policy import main
+    from flip_nvflare.jobs.allow_list import site_allow_list
+
+    assert main(["allow-list"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"class_allow_list": site_allow_list()}
+    (tmp_path / "local").mkdir()
+    resources = tmp_path / "local" / "resources.json"
+    resources.write_text(json.dumps({"format_version": 2, "class_allow_list": ["my_site.Thing"], "other": 1}))
+    assert main(["allow-list", "--site-workspace", str(tmp_path)]) == 0
+    merged = json.loads(resources.read_text())
+    assert merged["other"] == 1 and merged["class_allow_list"][0] == "my_site.Thing"
+    assert "flip_nvflare." in merged["class_allow_list"]
+    assert main(["allow-list", "--site-workspace", str(tmp_path)]) == 0  # again: nothing doubled
+    assert json.loads(resources.read_text())["class_allow_list"] == merged["class_allow_list"]
+    resources.write_text("{broken")
+    assert main(["allow-list", "--site-workspace", str(tmp_path)]) == 2
+    assert resources.read_text() == "{broken"
+    assert main(["allow-list", "--site-workspace", str(tmp_path / "nope")]) == 2

@@ -3,6 +3,9 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from flip_nvflare.core.dev import FLIPStandardDev
 from flip_nvflare_demo.report import RunRecord, from_dev_ledger, render
 
@@ -76,3 +79,50 @@ def test_zip_reader_finds_nested_validation_json(tmp_path: Path) -> None:
     record = RunRecord(mode="dev", model_id=MODEL)
     report._read_zip(record, buffer.getvalue())
     assert record.cross_site == {"site-1": {"m": {"val_accuracy": 1}}}
+
+
+# ---------------------------------------------------------------------- the PNG
+
+
+def test_the_metrics_figure_has_a_panel_per_metric_and_a_line_per_trust(tmp_path: Path) -> None:
+    from flip_nvflare_demo.report import metrics_figure
+
+    record = from_dev_ledger(_ledger(tmp_path, {"site-1": [0.5, 0.8, 0.9], "site-2": [0.4, 0.7, 1.0]}), MODEL)
+    figure = metrics_figure(record)
+    assert figure is not None
+    axes = figure.get_axes()
+    assert [ax.get_title() for ax in axes] == ["val_accuracy", "train_loss"]
+    for ax in axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["Trust_1 (site-1)", "Trust_2 (site-2)"]
+        assert all(np.asarray(line.get_xdata()).tolist() == [0, 1, 2] for line in ax.get_lines())
+    assert np.asarray(axes[0].get_lines()[1].get_ydata()).tolist() == [0.4, 0.7, 1.0]
+    assert metrics_figure(RunRecord(mode="dev", model_id=MODEL)) is None
+
+
+def test_with_plot_writes_the_report_and_a_png_next_to_it(tmp_path: Path) -> None:
+    import struct
+
+    from flip_nvflare_demo.report import PLOT_FILE, REPORT_FILE, with_plot
+
+    record = from_dev_ledger(_ledger(tmp_path, {"site-1": [0.5, 0.9], "site-2": [0.5, 0.8]}), MODEL)
+    out = tmp_path / "demo"
+    text = with_plot(render, out)(record, seconds=3.0)
+    png = (out / PLOT_FILE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (840, 320)  # two panels of 4.2 x 3.2 inches at 100 dpi
+    assert (out / REPORT_FILE).read_text() == render(record, seconds=3.0) + "\n"
+    assert text.endswith(f"Report: {out / REPORT_FILE}\nMetrics plot: {out / PLOT_FILE}")
+
+
+def test_without_matplotlib_the_report_says_how_to_get_the_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from flip_nvflare_demo.report import PLOT_FILE, with_plot
+
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    record = from_dev_ledger(_ledger(tmp_path, {"site-1": [0.5, 0.9], "site-2": [0.5, 0.8]}), MODEL)
+    text = with_plot(render, tmp_path / "demo")(record)
+    assert "matplotlib is not installed (pip install 'flip-nvflare[plots]'" in text.splitlines()[-1]
+    assert not (tmp_path / "demo" / PLOT_FILE).exists() and "Final status: RESULTS_UPLOADED" in text

@@ -50,3 +50,25 @@ def _members(groups: set[int]) -> list[tuple[int, str]]:
         if int(fields[2]) in groups:
             found.append((int(entry.name), fields[0]))
     return found
+
+
+def test_the_client_api_demo_job_is_its_recipe_exported(tmp_path: Path) -> None:
+    import json
+
+    from flip_nvflare.constants import FlipMode
+    from flip_nvflare_demo.cli import DEMO_MODEL_ID, prepare_run
+
+    job, workspace = prepare_run(tmp_path, FlipMode.DEV, sites=2, style="client_api")
+    assert job.name == "flip_fedavg" and not workspace.exists()
+    meta = json.loads((job / "meta.json").read_text())
+    assert meta["custom_props"]["model_id"] == DEMO_MODEL_ID and meta["min_clients"] == 2
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    assert client["flip_mode"] == "dev"
+    flip = next(c for c in client["components"] if c["id"] == "flip")
+    assert flip["args"]["dev_dataframe"].endswith("/{SITE_NAME}/cohort.csv")
+    assert sorted(p.name for p in (job / "app" / "custom").iterdir()) == [
+        "config.json",
+        "data_utils.py",
+        "models.py",
+        "trainer.py",
+    ]

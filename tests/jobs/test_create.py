@@ -163,3 +163,61 @@ def test_an_app_without_global_rounds_gets_one_round_and_a_note(app: Path, tmp_p
     server, _ = _configs(created.job_dir)
     assert server["global_rounds"] == 1
     assert any("has no GLOBAL_ROUNDS: the job runs 1 federated round" in note for note in created.notes)
+
+
+def _client_api_app(root: Path, **config: object) -> Path:
+    import json as _json
+
+    app = root / "scripts"
+    app.mkdir(parents=True)
+    (app / "trainer.py").write_text("import nvflare.client as flare\nflare.init()\n")
+    (app / "models.py").write_text("def get_model():\n    return None\n")
+    (app / "config.json").write_text(_json.dumps({"LOCAL_ROUNDS": 1, "GLOBAL_ROUNDS": 3, **config}))
+    return app
+
+
+def test_a_client_api_job_uses_the_recipe_template_and_flips_app_keys(tmp_path: Path) -> None:
+    import json as _json
+
+    from flip_nvflare.jobs.create import JobRequest, build_job
+    from flip_nvflare.jobs.identity import installed_version
+
+    app = _client_api_app(
+        tmp_path, BEST_MODEL_METRIC="VAL_LOSS", BEST_MODEL_METRIC_MINIMIZE=True, AGGREGATE_ONLY_REGEX="head"
+    )
+    job = build_job(JobRequest(JobType.STANDARD, app, tmp_path / "job", style="client_api")).job_dir
+    server = _json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    client = _json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    meta = _json.loads((job / "meta.conf").read_text())
+    assert meta["custom_props"]["flip_nvflare_version"] == installed_version()
+    assert server["global_rounds"] == 3
+    selector = next(c for c in server["components"] if c["id"] == "model_selector")
+    assert selector["args"] == {"key_metric": "VAL_LOSS", "negate_key_metric": True}
+    runner = next(e for e in client["executors"] if "ClientApiRunner" in e["executor"]["path"])
+    assert runner["executor"]["args"]["task_script_path"] == "custom/trainer.py"
+    filters = [f["path"].rsplit(".", 1)[1] for c in client["task_result_filters"] for f in c["filters"]]
+    assert filters == ["ExcludeVars", "PercentilePrivacy"]
+    assert (job / "app" / "custom" / "trainer.py").is_file()
+
+
+def test_a_client_api_app_without_its_script_or_model_is_refused_with_every_problem(tmp_path: Path) -> None:
+    from flip_nvflare.errors import FlipJobError
+    from flip_nvflare.jobs.check import check_app
+    from flip_nvflare.jobs.create import JobRequest, build_job
+
+    app = _client_api_app(tmp_path)
+    (app / "trainer.py").unlink()
+    (app / "models.py").write_text("x = 1\n")
+    problems = [p.what for p in check_app(app, JobType.STANDARD, style="client_api")]
+    assert problems == ["trainer.py is missing", "models.py does not define get_model"]
+    with pytest.raises(FlipJobError, match=r"trainer\.py is missing"):
+        build_job(JobRequest(JobType.STANDARD, app, tmp_path / "job", style="client_api"))
+    eval_app = tmp_path / "eval"
+    eval_app.mkdir()
+    (eval_app / "evaluator.py").write_text("print('ok')\n")
+    (eval_app / "config.json").write_text("{}")
+    assert [p.what for p in check_app(eval_app, JobType.EVALUATION, style="client_api")] == [
+        "no model to evaluate: config.json has no models and there is no model.pt"
+    ]
+    (eval_app / "model.pt").write_bytes(b"x")
+    assert check_app(eval_app, JobType.EVALUATION, style="client_api") == []

@@ -8,7 +8,13 @@ import pytest
 from pyhocon import ConfigFactory
 
 from flip_nvflare.constants import JobType
-from flip_nvflare.jobs.templates import TEMPLATE_FILES, TEMPLATE_NAMES, template_dir, templates_root
+from flip_nvflare.jobs.templates import (
+    STYLES,
+    TEMPLATE_FILES,
+    template_dir,
+    template_name,
+    templates_root,
+)
 
 SERVER_KEYS = {"model_id", "global_rounds", "min_clients", "participating_clients", "ignore_result_error", "flip_mode"}
 CLIENT_KEYS = {"project_id", "query", "flip_mode"}
@@ -16,8 +22,8 @@ SYSTEM_VARIABLES = {"SITE_NAME", "JOB_ID", "WORKSPACE", "SECURE_MODE", "JOB_CUST
 REFERENCE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _load(job_type: JobType, name: str) -> dict[str, Any]:
-    return json.loads((template_dir(job_type) / name).read_text())
+def _load(job_type: JobType, name: str, style: str = "executor") -> dict[str, Any]:
+    return json.loads((template_dir(job_type, style) / name).read_text())
 
 
 def _strings(value: Any) -> list[str]:
@@ -50,26 +56,30 @@ def _paths(config: dict[str, Any]) -> list[str]:
 def test_top_level_job_templates_is_the_packaged_folder() -> None:
     top = Path(__file__).resolve().parents[2] / "job_templates"
     assert top.resolve() == templates_root().resolve()
-    assert sorted(p.name for p in templates_root().iterdir() if p.is_dir()) == sorted(TEMPLATE_NAMES.values())
+    names = sorted(template_name(t, style) for t in JobType for style in STYLES)
+    assert sorted(p.name for p in templates_root().iterdir() if p.is_dir()) == names
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("job_type", list(JobType))
-def test_template_files_and_top_level_keys(job_type: JobType) -> None:
-    folder = template_dir(job_type)
+def test_template_files_and_top_level_keys(job_type: JobType, style: str) -> None:
+    folder = template_dir(job_type, style)
     assert sorted(p.name for p in folder.iterdir()) == sorted(TEMPLATE_FILES)
     info = ConfigFactory.parse_file(str(folder / "info.conf"))
     assert info["description"] and info["controller_type"] == "server"
     meta = ConfigFactory.parse_file(str(folder / "meta.conf"))
-    assert meta["name"] == TEMPLATE_NAMES[job_type] and meta["deploy_map"]["app"] == ["@ALL"]
-    server, client = _load(job_type, "config_fed_server.json"), _load(job_type, "config_fed_client.json")
+    assert meta["name"] == template_name(job_type, style) and meta["deploy_map"]["app"] == ["@ALL"]
+    server = _load(job_type, "config_fed_server.json", style)
+    client = _load(job_type, "config_fed_client.json", style)
     assert SERVER_KEYS <= set(server) and CLIENT_KEYS <= set(client)
     assert server["format_version"] == client["format_version"] == 2
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("job_type", list(JobType))
 @pytest.mark.parametrize("name", ["config_fed_server.json", "config_fed_client.json"])
-def test_every_reference_names_a_top_level_key(job_type: JobType, name: str) -> None:
-    config = _load(job_type, name)
+def test_every_reference_names_a_top_level_key(job_type: JobType, name: str, style: str) -> None:
+    config = _load(job_type, name, style)
     texts = _strings({k: v for k, v in config.items() if isinstance(v, (dict, list))})
     refs = [ref for text in texts for ref in REFERENCE.findall(text)]
     assert refs, f"{name}: no {{reference}} found to check"
@@ -77,10 +87,11 @@ def test_every_reference_names_a_top_level_key(job_type: JobType, name: str) -> 
         assert ref in config or ref in SYSTEM_VARIABLES, f"{name}: {{{ref}}} is not defined"
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("job_type", list(JobType))
 @pytest.mark.parametrize("name", ["config_fed_server.json", "config_fed_client.json"])
-def test_every_component_path_imports(job_type: JobType, name: str) -> None:
-    paths = _paths(_load(job_type, name))
+def test_every_component_path_imports(job_type: JobType, name: str, style: str) -> None:
+    paths = _paths(_load(job_type, name, style))
     assert paths, f"{name}: no component path found to check"
     for path in paths:
         module_name, _, attribute = path.rpartition(".")
