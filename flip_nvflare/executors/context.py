@@ -18,7 +18,13 @@ def config_text(name: str, value: object, where: str) -> str:
     NVFlare turns an undefined ``"{project_id}"`` reference into ``None``, so this is where a job
     config missing its top-level ``project_id`` or ``query`` is caught.
     """
-    if not isinstance(value, str) or not value.strip() or value.strip() == "{" + name + "}":
+    if isinstance(value, str) and not value.strip():
+        raise FlipConfigError(
+            f"{where} needs {name!r}, and the job config's top-level {name!r} is empty: FLIP's hub writes it at "
+            "deployment; for a local run set any placeholder (a recipe's project_id= / query=, or FLIP's "
+            "FLIP_PROJECT_ID / FLIP_QUERY in a tutorial's job.py)."
+        )
+    if not isinstance(value, str) or value.strip() == "{" + name + "}":
         raise FlipConfigError(
             f"{where} needs {name!r}: add the top-level key {name!r} to config_fed_client.json (the hub "
             f'writes it at deployment; for local runs set any placeholder) and pass "{name}": "{{{name}}}" '

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.filter import Filter, FilterChainType, FilterContextKey, FilterSource
-from nvflare.apis.fl_constant import EventScope, FilterKey, FLContextKey, ReturnCode
+from nvflare.apis.fl_constant import EventScope, FilterKey, FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
@@ -51,7 +51,7 @@ from flip_nvflare.filters.budget import (
     BudgetLedger,
     Release,
 )
-from flip_nvflare.filters.percentile_privacy import withhold_payload
+from flip_nvflare.filters.percentile_privacy import strip_failed_result
 
 __all__ = ["DPSettings", "GaussianPrivacy", "dev_generator", "privatize", "settings_from_args"]
 
@@ -775,16 +775,7 @@ class GaussianPrivacy(Filter):
             raise
 
     def _task_result(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        return_code = shareable.get_return_code()
-        if return_code != ReturnCode.OK:
-            removed = withhold_payload(shareable)
-            if removed:
-                self.log_warning(
-                    fl_ctx,
-                    f"A task result with return code {str(return_code)[:64]!r} carried a payload; it was removed: "
-                    "a failed result leaves the site with its headers only.",
-                    fire_event=False,
-                )
+        if strip_failed_result(self, shareable, fl_ctx):
             return shareable
         try:
             dxo = from_shareable(shareable)

@@ -31,6 +31,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flip_nvflare.core.base import finite_float
+
 if TYPE_CHECKING:
     from nvflare.apis.fl_context import FLContext
 
@@ -228,14 +230,7 @@ def valid_label(label: str) -> bool:
     return 1 <= len(label) <= MAX_LABEL and bool(label.strip()) and not _CONTROL.search(label)
 
 
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+_finite = finite_float
 
 
 _CACHE: dict[str | None, tuple[Any, MetricPolicy]] = {}

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
@@ -210,16 +211,7 @@ class PercentilePrivacy(DXOFilter):
         Returns:
             The same Shareable: filtered if its return code is OK, else with its headers only.
         """
-        return_code = shareable.get_return_code()
-        if return_code != ReturnCode.OK:
-            removed = withhold_payload(shareable)
-            if removed:
-                self.log_warning(
-                    fl_ctx,
-                    f"A task result with return code {str(return_code)[:64]!r} carried a payload ({removed} "
-                    "entries); it was removed: a failed result leaves the site with its headers only.",
-                    fire_event=False,
-                )
+        if strip_failed_result(self, shareable, fl_ctx):
             return shareable
         return super().process(shareable, fl_ctx)
 
@@ -321,6 +313,25 @@ def _filter_layers(
         else:
             result[name] = _zero_clip_rescale(quotient, cutoff, gamma, steps)
     return result
+
+
+def strip_failed_result(component: FLComponent, shareable: Shareable, fl_ctx: FLContext) -> bool:
+    """If ``shareable`` is a failed result, leave it only its headers (logged when it had more); say whether it was.
+
+    Every filter on what leaves a site starts with this: a failed result never carries a payload out.
+    """
+    return_code = shareable.get_return_code()
+    if return_code == ReturnCode.OK:
+        return False
+    removed = withhold_payload(shareable)
+    if removed:
+        component.log_warning(
+            fl_ctx,
+            f"A task result with return code {str(return_code)[:64]!r} carried a payload ({removed} entries); it was "
+            "removed: a failed result leaves the site with its headers only.",
+            fire_event=False,
+        )
+    return True
 
 
 def withhold_payload(result: Shareable) -> int:

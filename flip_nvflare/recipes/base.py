@@ -12,7 +12,7 @@ The dev/prod rule is the job templates' one, fail-closed:
   from ``DEV_DATAFRAME`` / ``DEV_IMAGES_DIR`` unless ``dev_dataframe`` / ``dev_images_dir`` are
   given; those variables only locate the data, they never choose the mode).
 - Without ``flip_mode``, ``execute(PocEnv(...))`` / ``execute(ProdEnv(...))`` is refused, and an
-  exported job carries no mode: a site refuses it at START_RUN until the deployer sets one.
+  exported job carries no mode: a site refuses to build it until the deployer sets one.
 
 Every job records the flip-nvflare version it was built with (``meta.json``
 ``custom_props.flip_nvflare_version``); a site whose flip-nvflare cannot run it refuses it at
@@ -51,6 +51,9 @@ _HUB_WIDGETS = (
     Component("privacy_ledger", "flip_nvflare.components.PrivacyLedger"),
 )
 
+#: What a dev simulator run uses for an empty project id / query (dev data ignores both).
+DEV_PROJECT_ID = "dev-project"
+DEV_QUERY = "SELECT * FROM dev_cohort"
 #: The Python an external-process script is started with at a site (the site's ``python3`` on its PATH).
 SITE_PYTHON = "python3"
 
@@ -200,6 +203,8 @@ class FlipRecipe(Recipe):
         if isinstance(env, SimEnv):
             if self.flip_mode is None:
                 self._set_params({"flip_mode": FlipMode.DEV.value})
+            if self.flip_mode in (None, FlipMode.DEV.value):
+                self._fill_dev_placeholders()
             _install_site_policy(Path(env.workspace_root) / self._job.name)
             return
         if self.flip_mode is None:
@@ -211,9 +216,19 @@ class FlipRecipe(Recipe):
     def export(self, job_dir: str | Path, **kwargs: Any) -> None:
         """Write the job to ``job_dir/<job name>/`` (meta.json, app/config, app/custom).
 
-        Keyword arguments are NVFlare's (``server_exec_params``, ``client_exec_params``, ``env``).
+        An exported job is for sites to run: it gets none of the simulator's settings, whatever
+        environment is passed (NVFlare's ``--export`` flag passes the one the job.py built, often
+        ``SimEnv``), so it carries no ``flip_mode`` unless the recipe was given one, and an
+        external-process command starts the site's ``python3``. ``app/custom/`` exists even when no
+        file was added, for tools that copy the app files in afterwards (as FLIP's tutorials do).
+
+        Args:
+            job_dir: The folder to write the job into.
+            **kwargs: NVFlare's ``server_exec_params`` / ``client_exec_params``; ``env`` is ignored.
         """
+        kwargs.pop("env", None)
         super().export(str(job_dir), **kwargs)
+        (Path(job_dir) / self._job.name / "app" / "custom").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ building the FedJob
 
@@ -232,6 +247,19 @@ class FlipRecipe(Recipe):
         _finish_configs_with(job, raw)
         return job
 
+    def _fill_dev_placeholders(self) -> None:
+        """A simulator run in dev with an empty project id or query (FLIP's tutorials ship them empty) gets placeholders.
+
+        Dev data ignores both, but every FLIP component needs them set, as on FLIP's hub.
+        """
+        params: dict[str, Any] = {}
+        if not self.project_id.strip():
+            params["project_id"] = DEV_PROJECT_ID
+        if not self.query.strip():
+            params["query"] = DEV_QUERY
+        if params:
+            self._add_to_client_apps(params)
+
     def _use_this_python(self) -> None:
         """External-process commands start ``python3`` (the site's); on this machine, use this interpreter."""
         for executor in self._executors:
@@ -242,6 +270,26 @@ class FlipRecipe(Recipe):
     def _set_params(self, params: dict[str, Any]) -> None:
         self._job.to_server(dict(params))
         self._add_to_client_apps(dict(params))
+
+    def _server_params(self, global_rounds: int) -> dict[str, Any]:
+        """The server config's top-level keys (FLIP's hub rewrites model_id, rounds and sites when it deploys)."""
+        return {
+            "format_version": 2,
+            "model_id": "",
+            "global_rounds": global_rounds,
+            "min_clients": self.min_clients,
+            "participating_clients": None,
+            "ignore_result_error": False,
+            **self._mode_params(),
+            "on_site_lost": "continue",
+            "dead_client_grace_period": 120,
+            "dead_client_check_lead_time": 30,
+            "server": {"task_request_interval": 0.5},
+        }
+
+    def _client_params(self) -> dict[str, Any]:
+        """The client config's top-level keys (the hub rewrites project_id and query)."""
+        return {"format_version": 2, "project_id": self.project_id, "query": self.query, **self._mode_params()}
 
     def _mode_params(self) -> dict[str, Any]:
         return {} if self.flip_mode is None else {"flip_mode": self.flip_mode}

@@ -110,19 +110,7 @@ class FlipEvalRecipe(FlipRecipe):
         """The evaluation server app and the Client API client app."""
         sites = {"participating_clients": "{participating_clients}"}
         server = AppSpec(
-            params={
-                "format_version": 2,
-                "model_id": "",
-                "global_rounds": 1,
-                "min_clients": self.min_clients,
-                "participating_clients": None,
-                "ignore_result_error": False,
-                **self._mode_params(),
-                "on_site_lost": "continue",
-                "dead_client_grace_period": 120,
-                "dead_client_check_lead_time": 30,
-                "server": {"task_request_interval": 0.5},
-            },
+            params=self._server_params(1),
             components=[
                 self._backend(server=True),
                 Component(
@@ -161,7 +149,7 @@ class FlipEvalRecipe(FlipRecipe):
             "params_transfer_type": self.params_transfer_type,
         }
         client = AppSpec(
-            params={"format_version": 2, "project_id": self.project_id, "query": self.query, **self._mode_params()},
+            params=self._client_params(),
             components=self._client_components(),
             executors=[
                 Executor(["init_task"], "flip_nvflare.executors.CohortPreparer", preparer_args()),

@@ -245,7 +245,7 @@ class FlipFedAvgRecipe(FlipRecipe):
             ),
             Component("cleanup", "flip_nvflare.controllers.CleanupClients", {"task_name": "post_validation", **sites}),
         ]
-        return AppSpec(params=self._server_params(), components=components, workflows=workflows)
+        return AppSpec(params=self._server_params(self.num_rounds), components=components, workflows=workflows)
 
     def client_app(self) -> AppSpec:
         """The client app: cohort check, the script through the Client API, privacy, cleanup."""
@@ -292,26 +292,5 @@ class FlipFedAvgRecipe(FlipRecipe):
 
     # ------------------------------------------------------------------ shared parts
 
-    def _server_params(self) -> dict[str, Any]:
-        return {
-            "format_version": 2,
-            "model_id": "",
-            "global_rounds": self.num_rounds,
-            "min_clients": self.min_clients,
-            "participating_clients": None,
-            "ignore_result_error": False,
-            **self._mode_params(),
-            "on_site_lost": "continue",
-            "dead_client_grace_period": 120,
-            "dead_client_check_lead_time": 30,
-            "server": {"task_request_interval": 0.5},
-        }
-
     def _client_params(self) -> dict[str, Any]:
-        return {
-            "format_version": 2,
-            "project_id": self.project_id,
-            "query": self.query,
-            "local_rounds": self.local_rounds,
-            **self._mode_params(),
-        }
+        return {**super()._client_params(), "local_rounds": self.local_rounds}

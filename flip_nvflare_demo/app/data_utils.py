@@ -40,6 +40,12 @@ def load_config() -> dict[str, Any]:
     return config
 
 
+def load_query() -> str:
+    """A Client API script's cohort query, from its client app config (NVFlare splits script arguments at spaces)."""
+    client_config = Path(__file__).resolve().parent.parent / "config" / "config_fed_client.json"
+    return str(json.loads(client_config.read_text(encoding="utf-8")).get("query", ""))
+
+
 @dataclass
 class Cohort:
     """A site's cases as tensors: ``images`` (N, 1, X, Y, Z) normalised per volume, ``labels`` (N,)."""

@@ -6,22 +6,14 @@ Only cohort-level metrics leave the site (accuracy, sensitivity, specificity, th
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import nvflare.client as flare
 import torch
-from data_utils import evaluate, fetch_cohort, load_config
+from data_utils import evaluate, fetch_cohort, load_config, load_query
 from models import get_model
 
 from flip_nvflare import FLIP
-
-
-def load_query() -> str:
-    """The cohort query from the client app's config (NVFlare splits script arguments at spaces)."""
-    client_config = Path(__file__).resolve().parent.parent / "config" / "config_fed_client.json"
-    return str(json.loads(client_config.read_text()).get("query", ""))
 
 
 def main() -> None:

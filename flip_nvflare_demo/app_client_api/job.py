@@ -14,10 +14,19 @@ from typing import Any
 
 from nvflare.recipe import SimEnv
 
-from flip_nvflare.recipes import FlipFedAvgRecipe
+from flip_nvflare.recipes import FlipEvalRecipe, FlipFedAvgRecipe
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent / "app"
+
+
+def _defaults(options: dict[str, Any], dev_data: Path | None) -> None:
+    """The demo's project, query and (with dev data) per-site data paths, unless ``options`` name them."""
+    if dev_data is not None:
+        options.setdefault("dev_dataframe", f"{Path(dev_data).resolve()}/{{SITE_NAME}}/cohort.csv")
+        options.setdefault("dev_images_dir", f"{Path(dev_data).resolve()}/{{SITE_NAME}}/images")
+    options.setdefault("project_id", "demo-project")
+    options.setdefault("query", "SELECT accession_id, label FROM cohort")
 
 
 def build(
@@ -32,11 +41,7 @@ def build(
         dev_data: A demo dev-data folder (one sub-folder per site); else ``DEV_DATAFRAME`` / ``DEV_IMAGES_DIR``.
         **options: More FlipFedAvgRecipe arguments (``flip_mode``, ``model_id``, ``query``...).
     """
-    if dev_data is not None:
-        options.setdefault("dev_dataframe", f"{Path(dev_data).resolve()}/{{SITE_NAME}}/cohort.csv")
-        options.setdefault("dev_images_dir", f"{Path(dev_data).resolve()}/{{SITE_NAME}}/images")
-    options.setdefault("project_id", "demo-project")
-    options.setdefault("query", "SELECT accession_id, label FROM cohort")
+    _defaults(options, dev_data)
     recipe = FlipFedAvgRecipe(
         num_rounds=num_rounds,
         min_clients=min_clients,
@@ -49,6 +54,31 @@ def build(
     for source in (HERE / "trainer.py", SHARED / "models.py", SHARED / "data_utils.py", SHARED / "config.json"):
         recipe.job.add_file_to_clients(str(source))
     recipe.job.add_file_to_server(str(SHARED / "models.py"))
+    return recipe
+
+
+def build_evaluation(
+    min_clients: int, checkpoints: Path, dev_data: Path | None = None, **options: Any
+) -> FlipEvalRecipe:
+    """The demo's evaluation recipe: the checkpoints named in config.json's ``models``, scored at every site.
+
+    Args:
+        min_clients: Sites taking part.
+        checkpoints: The server folder holding the checkpoints (never sent to the sites as files).
+        dev_data: A demo dev-data folder (one sub-folder per site); else ``DEV_DATAFRAME`` / ``DEV_IMAGES_DIR``.
+        **options: More FlipEvalRecipe arguments (``flip_mode``, ``model_id``, ``query``...).
+    """
+    _defaults(options, dev_data)
+    recipe = FlipEvalRecipe(
+        min_clients=min_clients,
+        eval_script="evaluator.py",
+        eval_args="--project_id {project_id}",
+        checkpoint_dir=str(Path(checkpoints).resolve()),
+        **options,
+    )
+    for source in (HERE / "evaluator.py", SHARED / "models.py", SHARED / "data_utils.py", SHARED / "config.json"):
+        recipe.job.add_file_to_clients(str(source))
+    recipe.job.add_file_to_server(str(SHARED / "config.json"))
     return recipe
 
 

@@ -9,14 +9,12 @@ and ``SummaryWriter.add_scalar`` reports metrics: ``train_loss@epoch`` against l
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import nvflare.client as flare
 import torch
-from data_utils import evaluate, fetch_cohort, load_config, seed_for, split_cohort
+from data_utils import evaluate, fetch_cohort, load_config, load_query, seed_for, split_cohort
 from models import get_model
 from nvflare.client.tracking import SummaryWriter
 from torch import nn
@@ -24,12 +22,6 @@ from torch import nn
 from flip_nvflare import FLIP
 
 logger = logging.getLogger(__name__)
-
-
-def load_query() -> str:
-    """The cohort query from the client app's config (NVFlare splits script arguments at spaces)."""
-    client_config = Path(__file__).resolve().parent.parent / "config" / "config_fed_client.json"
-    return str(json.loads(client_config.read_text()).get("query", ""))
 
 
 def train(model: nn.Module, train_set, config: dict, seed: int, writer: SummaryWriter, first_epoch: int) -> int:

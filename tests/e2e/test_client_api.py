@@ -144,3 +144,80 @@ def test_an_exported_prod_recipe_job_reports_to_the_hub_and_uploads(
     assert {m.trust for m in metrics} == set(TRUSTS)
     assert emulator.results(model.model_id)  # type: ignore[attr-defined]
     assert not (job / "app" / "custom" / "flip_nvflare").exists()  # no copy of flip-nvflare in the job
+
+
+def _checkpoints(folder: Path) -> Path:
+    """The demo config's two models as checkpoints of the demo's model (random weights: the evaluation is tested)."""
+    import torch
+
+    sys.path.insert(0, str(DEMO_CLIENT_API.parent / "app"))
+    try:
+        from models import get_model
+    finally:
+        sys.path.remove(str(DEMO_CLIENT_API.parent / "app"))
+    folder.mkdir(parents=True)
+    for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
+        torch.manual_seed(len(name))
+        torch.save(get_model().state_dict(), folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluation_dev(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> Path:
+    from nvflare.recipe import SimEnv
+
+    root = tmp_path_factory.mktemp("client-api-eval-dev")
+    recipe = _demo_job().build_evaluation(2, _checkpoints(root / "checkpoints"), dev_data=demo_data.root)  # type: ignore[attr-defined]
+    recipe.execute(SimEnv(num_clients=2, num_threads=2, workspace_root=str(root / "ws")))
+    return _ledger(root / "ws", recipe.job.name)
+
+
+def test_a_client_api_evaluation_reports_each_models_metrics_per_trust(evaluation_dev: Path) -> None:
+    statuses = [r["status"] for r in jsonl(evaluation_dev / "status.jsonl")]
+    assert statuses[-1] == "RESULTS_UPLOADED", statuses
+    metrics = jsonl(evaluation_dev / "metrics.jsonl")
+    for trust in TRUSTS:
+        labels = {m["label"] for m in metrics if m["trust"] == trust}
+        assert {"final/accuracy", "best/accuracy", "final/n_cases"} <= labels, labels
+    (zip_path,) = (evaluation_dev / "results").glob("*/*.zip")
+    content = read_zip(zip_path)
+    assert "FL_global_model.pt" not in content.names  # the checkpoints stay on the server
+    failures = content.json("evaluation_failures.json")
+    assert failures == []
+
+
+@pytest.fixture(scope="module")
+def evaluation_prod(tmp_path_factory: pytest.TempPathFactory, emulator: EmulatorHandle) -> tuple[object, object]:
+    """The evaluation recipe in prod, through recipe.execute(SimEnv) with the sites' environment set."""
+    import os
+
+    from nvflare.recipe import SimEnv
+
+    root = tmp_path_factory.mktemp("client-api-eval-prod")
+    model = emulator.register_model(trusts=TRUSTS)
+    recipe = _demo_job().build_evaluation(  # type: ignore[attr-defined]
+        2,
+        _checkpoints(root / "checkpoints"),
+        flip_mode="prod",
+        model_id=model.model_id,
+        project_id=model.encrypted_project_id,
+        query=PROD_QUERY,
+    )
+    saved = dict(os.environ)
+    os.environ.update(emulator.env())
+    try:
+        recipe.execute(SimEnv(num_clients=2, num_threads=2, workspace_root=str(root / "ws")))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return model, emulator.records(model.model_id)
+
+
+def test_a_prod_client_api_evaluation_reaches_the_hub(
+    evaluation_prod: tuple[object, object], emulator: EmulatorHandle
+) -> None:
+    model, records = evaluation_prod
+    assert records.status_names()[-1] == "RESULTS_UPLOADED"  # type: ignore[attr-defined]
+    by_trust = {m.trust for m in records.metrics if m.label.startswith("final/")}  # type: ignore[attr-defined]
+    assert by_trust == set(TRUSTS)
+    assert emulator.results(model.model_id)  # type: ignore[attr-defined]

@@ -225,3 +225,13 @@ def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
 def test_an_unknown_resource_type_is_refused() -> None:
     with pytest.raises(FlipError, match="Unknown resource type 'PNG'; use one of DICOM, NIFTI, SEG, ALL"):
         CohortPreparer(resource_types=["NIFTI", "PNG"])
+
+
+def test_an_empty_project_id_is_named_as_empty_not_missing() -> None:
+    from flip_nvflare.errors import FlipConfigError
+    from flip_nvflare.executors.context import config_text
+
+    with pytest.raises(FlipConfigError, match="top-level 'project_id' is empty"):
+        config_text("project_id", "  ", "CohortPreparer")
+    with pytest.raises(FlipConfigError, match="add the top-level key 'project_id'"):
+        config_text("project_id", None, "CohortPreparer")

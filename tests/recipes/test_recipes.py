@@ -55,7 +55,7 @@ def test_a_recipe_has_a_public_job_and_flips_defaults(tmp_path: Path) -> None:
     assert runner["tasks"] == ["train", "validate"]
     assert runner["executor"]["args"]["task_script_args"] == "--project_id {project_id}"
     assert [f["path"] for f in _filters(client, "train")] == ["flip_nvflare.filters.PercentilePrivacy"]
-    assert not (tmp_path / recipe.job.name / "app" / "custom").exists()  # no copy of flip-nvflare's code
+    assert list((tmp_path / recipe.job.name / "app" / "custom").iterdir()) == []  # no copy of flip-nvflare's code
 
 
 def test_flips_arguments_reach_the_configs(tmp_path: Path) -> None:
@@ -203,3 +203,32 @@ def test_evaluation_recipe(tmp_path: Path) -> None:
     assert [e["tasks"] for e in client["executors"]] == [["init_task"], ["validate"], ["post_task"]]
     assert client["executors"][1]["executor"]["args"]["task_script_path"] == "custom/evaluator.py"
     assert meta["min_clients"] == 2
+
+
+def test_an_export_gets_none_of_the_simulators_settings_whatever_env_is_passed(tmp_path: Path) -> None:
+    """NVFlare's ``--export`` flag makes ``execute(SimEnv)`` call ``export(dir, env=SimEnv)``: still no dev stamp."""
+    from nvflare.recipe.sim_env import SimEnv
+
+    recipe = FlipFedAvgRecipe(execution_mode="external_process", project_id="", query="")
+    recipe.export(tmp_path / "out", env=SimEnv(num_clients=1, workspace_root=str(tmp_path / "ws")))
+    job = tmp_path / "out" / recipe.job.name
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    assert "flip_mode" not in client and "flip_mode" not in server  # fails closed at the sites
+    assert client["executors"][1]["executor"]["args"]["command"].startswith("python3 -u -m flip_nvflare")
+    assert client["project_id"] == "" and client["query"] == ""  # the hub fills them
+    assert (job / "app" / "custom").is_dir()  # FLIP's tutorials copy their app files in after exporting
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_dev_simulator_run_fills_flips_empty_project_and_query(tmp_path: Path) -> None:
+    from nvflare.recipe.sim_env import SimEnv
+
+    recipe = FlipFedAvgRecipe(project_id="", query="")  # as FLIP's tutorials' .env.app leave them
+    recipe.process_env(SimEnv(num_clients=1, workspace_root=str(tmp_path)))
+    _, _, client = _export(tmp_path / "out", recipe)
+    assert client["project_id"] == "dev-project" and client["query"] == "SELECT * FROM dev_cohort"
+    prod = FlipFedAvgRecipe(project_id="", flip_mode="prod")
+    prod.process_env(SimEnv(num_clients=1, workspace_root=str(tmp_path / "p")))
+    _, _, client = _export(tmp_path / "out-prod", prod)
+    assert client["project_id"] == ""  # never in prod: the hub writes it
