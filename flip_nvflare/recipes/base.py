@@ -248,7 +248,7 @@ class FlipRecipe(Recipe):
         return job
 
     def _fill_dev_placeholders(self) -> None:
-        """A simulator run in dev with an empty project id or query (FLIP's tutorials ship them empty) gets placeholders.
+        """Give a dev simulator run placeholders for an empty project id or query (FLIP's tutorials ship them empty).
 
         Dev data ignores both, but every FLIP component needs them set, as on FLIP's hub.
         """
