@@ -14,6 +14,7 @@ from pyhocon import ConfigFactory
 
 from flip_nvflare.constants import JobType
 from flip_nvflare.jobs.create import JobRequest, create_job
+from flip_nvflare.jobs.identity import installed_version
 from flip_nvflare.jobs.templates import TEMPLATE_NAMES
 from tests.e2e.jobtools import copy_app, load_config, nvflare_job_create
 
@@ -37,10 +38,10 @@ def test_same_structure_and_configs_as_nvflare_job_create(job_type: JobType, tmp
     ours = create_job(JobRequest(job_type, app, tmp_path / "ours" / "job", checkpoints_dir=checkpoints))
 
     assert _files(ours) == _files(theirs)
-    assert (
-        json.loads((ours / "meta.conf").read_text())
-        == ConfigFactory.parse_file(str(theirs / "meta.conf")).as_plain_ordered_dict()
-    )
+    meta = json.loads((ours / "meta.conf").read_text())
+    # the one addition: the flip-nvflare version the job was built with (sites refuse an incompatible one)
+    assert meta.pop("custom_props") == {"flip_nvflare_version": installed_version()}
+    assert meta == ConfigFactory.parse_file(str(theirs / "meta.conf")).as_plain_ordered_dict()
     assert load_config(ours, "client") == load_config(theirs, "client")
     server_ours, server_theirs = load_config(ours, "server"), load_config(theirs, "server")
     if job_type is JobType.EVALUATION:
