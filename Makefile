@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned: 2.13.0 is a CPU build already on disk on our machines; a looser pin pulls CUDA.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test test-fast lint bench demo demo-prod clean
+.PHONY: install test test-fast lint bench demo demo-prod docs clean
 
 install: $(STAMP)
 
@@ -24,8 +24,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e" --cov=flip_nvflare --cov-report=term-missing --cov-fail-under=85
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flip_nvflare flip_emulator flip_nvflare_demo tests bench
-	$(VENV)/bin/ruff format --check flip_nvflare flip_emulator flip_nvflare_demo tests bench
+	$(VENV)/bin/ruff check flip_nvflare flip_emulator flip_nvflare_demo tests bench docs
+	$(VENV)/bin/ruff format --check flip_nvflare flip_emulator flip_nvflare_demo tests bench docs
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 # make demo STYLE=client_api: the Client API app and its recipe; make demo TRACKING=mlflow: also MLflow
 demo: $(STAMP)
 	$(VENV)/bin/flip-nvflare demo $(if $(STYLE),--style $(STYLE)) $(if $(TRACKING),--tracking $(TRACKING))
+
+# the documentation site, warnings are errors; open build/docs/index.html
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs build/docs
 
 demo-prod: $(STAMP)
 	$(VENV)/bin/flip-nvflare demo --prod

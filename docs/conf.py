@@ -20,7 +20,7 @@ import flip_nvflare  # noqa: E402  (after the path is set)
 
 project = "flip-nvflare"
 author = "flip-nvflare authors"
-copyright = "flip-nvflare authors; Apache-2.0"  # noqa: A001  (Sphinx's name)
+copyright = "flip-nvflare authors; Apache-2.0"
 release = flip_nvflare.__version__
 version = release
 
@@ -33,7 +33,7 @@ extensions = [
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-# _tools/ holds the script that draws the architecture picture; privacy_utility.json is a figure's data.
+# _tools/ holds the script that draws the architecture picture, _ext/ the Sphinx extension: neither is a page.
 exclude_patterns = ["_build", "_tools", "_ext", "Thumbs.db", ".DS_Store"]
 
 # Markdown: ``## Heading`` anchors for [text](page.md#heading) links, and ``{directive}`` fences.
@@ -49,14 +49,10 @@ autoclass_content = "class"
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_class_signature = "mixed"
-autodoc_preserve_defaults = True
-autodoc_default_options = {
-    "members": True,
-    "show-inheritance": True,
-}
-# Only modules that are genuinely optional at documentation time are mocked; the package itself,
-# NVFlare, pandas and PyTorch are installed in the development environment (``.[dev]``).
-autodoc_mock_imports: list[str] = []
+autodoc_preserve_defaults = False
+# The API pages give ``:members:`` / ``:show-inheritance:`` on each directive (no defaults to negate,
+# so older Sphinx releases read them the same). Nothing is mocked: the documented modules import
+# only flip-nvflare's own dependencies (NVFlare, pandas...), never an optional extra.
 
 html_theme = "alabaster"
 html_title = f"flip-nvflare {release}"

@@ -89,7 +89,9 @@ META_MEANINGS: dict[str, str] = {
 def template_folders() -> list[Path]:
     """Every template folder of the package, executor style first, in job-type order."""
     root = templates_root()
-    names = [f"{name}_client_api" if style == "client_api" else name for style in STYLES for name in TEMPLATE_NAMES.values()]
+    names = [
+        f"{name}_client_api" if style == "client_api" else name for style in STYLES for name in TEMPLATE_NAMES.values()
+    ]
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     # Folders the job-type table does not know are listed too, after the known ones.
     return [root / name for name in names if (root / name).is_dir()] + [
@@ -196,7 +198,7 @@ class TemplatesDirective(SphinxDirective):
             rows.append(
                 [code(folder.name), code(job_type), code(style), markdown_text(str(info.get("description", "")))]
             )
-        return [table(["Template", "`--type`", "App style", "What it does"], rows, [22, 10, 10, 58])]
+        return [table(["Template", "Job type (--type)", "App style", "What it does"], rows, [22, 10, 10, 58])]
 
 
 class TemplateKeysDirective(SphinxDirective):

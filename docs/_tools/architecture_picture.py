@@ -1,7 +1,8 @@
-"""Draw docs/architecture.svg: the Central Hub's FL server and its widgets, a trust's FL client and its
-executors, and the FLIP services each side talks to.
+"""Draw docs/architecture.svg: the hub's FL server, a trust's FL client, and the FLIP services.
 
-Run it after changing the components (the picture is committed; the docs build does not run it)::
+The picture shows the server widgets, the client executors and filters, and the services each side
+talks to (flip-api and S3 at the Central Hub; data-access-api and imaging-api at a trust). Run it
+after changing the components (the picture is committed; the docs build does not run it)::
 
     .venv/bin/python docs/_tools/architecture_picture.py
 
@@ -16,8 +17,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 OUT = Path(__file__).resolve().parents[1] / "architecture.svg"
 
@@ -28,11 +29,11 @@ SERVICE = "#fff4e0"
 EDGE = "#44546a"
 
 
-def box(ax: plt.Axes, x: float, y: float, w: float, h: float, color: str, title: str, lines: tuple[str, ...] = ()) -> None:
+def box(
+    ax: plt.Axes, x: float, y: float, w: float, h: float, color: str, title: str, lines: tuple[str, ...] = ()
+) -> None:
     """A rounded box with a bold title and one line per entry below it."""
-    ax.add_patch(
-        FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.12", fc=color, ec=EDGE, lw=1.2)
-    )
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.12", fc=color, ec=EDGE, lw=1.2))
     ax.text(x + 0.15, y + h - 0.22, title, fontsize=10.5, fontweight="bold", va="top", color="#1d2733")
     for i, line in enumerate(lines):
         ax.text(x + 0.2, y + h - 0.62 - i * 0.3, line, fontsize=8.6, va="top", family="monospace", color="#1d2733")
