@@ -163,6 +163,9 @@ class JobWatcher(FLComponent):
         self._thread: threading.Thread | None = None
         self._failures: dict[str, list[tuple[str, int]]] = {}
         self._notified: dict[tuple[str, str], float] = {}
+        #: Sites whose job process died in a job that goes on without them: still registered, so
+        #: only this record keeps their dead-job notice coming for every later workflow of the job.
+        self._died: set[tuple[str, str]] = set()
         self._finished: set[str] = set()
         #: Builds the hub backend (replaceable in tests).
         self.backend_factory: Callable[[str | None], Any] = self._prod_backend
@@ -225,6 +228,9 @@ class JobWatcher(FLComponent):
                     f"FLIP JobWatcher: the job process of {client.name} for job {job_id} died; the job's policy "
                     "(on_site_lost: continue) treats the site as lost instead of ending the run."
                 )
+                with self._lock:
+                    self._died.add((job_id, client.name))
+                    self._notified[(job_id, client.name)] = time.monotonic()
                 self._engine.notify_dead_job(job_id, client.name, "job process ended unexpectedly")
                 return None
             with self._lock:
@@ -278,6 +284,21 @@ class JobWatcher(FLComponent):
                     self.logger.warning(f"FLIP JobWatcher: job {job_id} lost site {name} ({reason}).")
                 engine.notify_dead_job(job_id, name, reason)
                 sent.append((job_id, name, reason))
+        # A dead-job notice reaches only the workflow running when it arrives (NVFlare's communicator
+        # of that workflow): a site whose job process died is still registered, so its notice is
+        # repeated here too, or the next workflow (cross-site validation) would wait for it for ever.
+        with self._lock:
+            died = [key for key in self._died if key[0] in engine.run_processes]
+        for job_id, name in died:
+            key = (job_id, name)
+            with self._lock:
+                last = self._notified.get(key)
+                if last is not None and now - last < self._renotify_interval:
+                    continue
+                self._notified[key] = now
+            reason = "job process ended unexpectedly"
+            engine.notify_dead_job(job_id, name, reason)
+            sent.append((job_id, name, reason))
         return sent
 
     # ------------------------------------------------------------------ end of a job
@@ -299,6 +320,7 @@ class JobWatcher(FLComponent):
             failures = self._failures.pop(job_id, [])
             for key in [k for k in self._notified if k[0] == job_id]:
                 del self._notified[key]
+            self._died = {k for k in self._died if k[0] != job_id}
         assert self._root is not None
         found = handoff.read_handoff(self._root, job_id)
         handoff.remove_handoff(self._root, job_id)

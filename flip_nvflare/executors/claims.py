@@ -179,7 +179,13 @@ class ImageClaims:
             _check_real_folder(trash, "claims trash folder")
             trashed = trash / f"{uuid.uuid4().hex}"
             os.rename(folder, trashed)  # a link is moved as a link; its target stays where it is
-        remove(trashed)
+        try:
+            remove(trashed)
+        except Exception:
+            # a file that was still being written into the folder (a late answer of the imaging
+            # service) can make the first removal fail: the folder is out of the images folder
+            # already, so try once more; a second failure is raised (empty_trash retries later)
+            remove(trashed)
         return ReleaseOutcome.DELETED
 
     def empty_trash(self, remove: Callable[[Path], object]) -> int:

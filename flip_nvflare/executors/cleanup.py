@@ -16,6 +16,7 @@ early (aborted, or failed before its post task) does not leave its downloads beh
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from flip_nvflare.executors.manifest import (
 from flip_nvflare.workspace import job_run_dir, write_atomically
 
 CLEANUP_RECORD = "cleanup.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +88,8 @@ def release_images(manifest: CohortManifest, backend: FLIPBase, folder: Path) ->
         else:
             try:
                 outcome = claims.release(accession, delete_folder=entry.deletable, remove=backend.cleanup)
-            except Exception:
+            except Exception as exc:  # the accession id is patient data: only the error's type is logged
+                logger.warning("Releasing one image folder failed (%s); it is retried later.", type(exc).__name__)
                 summary.failed += 1
                 continue
         entry.released = True

@@ -242,3 +242,30 @@ def test_a_died_job_process_is_a_lost_site_only_when_the_job_says_continue(
     else:  # the report no longer ends the run; the job learns of a lost site instead
         assert message.payload[JobFailureMsgKey.CODE] == 0 and watcher._failures == {}
         engine.notify_dead_job.assert_called_once_with("job-1", "site-2", "job process ended unexpectedly")
+
+
+def test_a_died_job_process_keeps_being_reported_so_later_workflows_drop_the_site(tmp_path: Path) -> None:
+    """NVFlare gives a dead-job notice to the running workflow only: cross-site validation must hear it too."""
+    from flip_nvflare.components import handoff
+
+    watcher = JobWatcher(renotify_interval=5.0)
+    watcher._root = tmp_path
+    handoff.handoff_dir(tmp_path).mkdir(parents=True)
+    (handoff.handoff_dir(tmp_path) / handoff.WATCHING_MARKER).write_text("x")
+    handoff.update_handoff(tmp_path, "job-1", on_site_lost="continue")
+    engine = MagicMock()
+    site = MagicMock()
+    site.name = "site-2"
+    engine.client_manager.clients = {"tok": site}
+    engine.run_processes = {"job-1": {RunProcessKey.PARTICIPANTS: {"tok": site}}}
+    watcher._engine = engine
+    watcher._failure_report(_failure_message("tok", "job-1", 101))
+    engine.notify_dead_job.reset_mock()
+    start = watcher._notified[("job-1", "site-2")]
+
+    assert watcher.check_sites(now=start + 1.0) == []  # within renotify_interval: not yet
+    assert watcher.check_sites(now=start + 6.0) == [("job-1", "site-2", "job process ended unexpectedly")]
+    assert watcher.check_sites(now=start + 12.0) == [("job-1", "site-2", "job process ended unexpectedly")]
+    engine.run_processes = {}  # the job ended
+    assert watcher.check_sites(now=start + 20.0) == []
+    assert engine.notify_dead_job.call_count == 2

@@ -133,3 +133,31 @@ def test_claiming_again_keeps_the_folder_ours(tmp_path: Path) -> None:
     _download(job, "ACC1")  # e.g. a request that timed out on the client but completed on the server
     assert job.claim("ACC1") == Origin.DOWNLOADED
     assert job.release("ACC1", delete_folder=True, remove=_remover(tmp_path)) == ReleaseOutcome.DELETED
+
+
+def test_a_removal_that_fails_once_is_tried_again_and_a_second_failure_is_raised(tmp_path: Path) -> None:
+    job = ImageClaims(tmp_path, make_claim_token("job-a", "site-1"))
+    job.claim("ACC1")
+    _download(job, "ACC1")
+    calls: list[Path] = []
+    real = _remover(tmp_path)
+
+    def flaky(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("Directory not empty")  # a late write into the folder while it was removed
+        real(path)
+
+    assert job.release("ACC1", delete_folder=True, remove=flaky) == ReleaseOutcome.DELETED
+    assert len(calls) == 2 and not calls[0].exists() and not (tmp_path / "ACC1").exists()
+
+    job.claim("ACC2")
+    _download(job, "ACC2")
+
+    def broken(path: Path) -> None:
+        raise OSError("read-only")
+
+    with pytest.raises(OSError, match="read-only"):
+        job.release("ACC2", delete_folder=True, remove=broken)
+    assert not (tmp_path / "ACC2").exists()  # moved out of the images folder; empty_trash finishes it
+    assert job.empty_trash(real) == 1
