@@ -64,6 +64,9 @@ _MAX_TEXT = 2000
 #: The code a site reports when a job's process died (NVFlare's ProcessExitCode.EXCEPTION).
 DIED = 101
 
+#: The reason of the dead-job notice for a site whose job process died.
+DIED_REASON = "job process ended unexpectedly"
+
 
 def flip_job_identity(server_config: dict[str, Any]) -> dict[str, Any] | None:
     """The model id and flip mode of a FLIP job's server config, or None if it is not a FLIP job."""
@@ -231,7 +234,7 @@ class JobWatcher(FLComponent):
                 with self._lock:
                     self._died.add((job_id, client.name))
                     self._notified[(job_id, client.name)] = time.monotonic()
-                self._engine.notify_dead_job(job_id, client.name, "job process ended unexpectedly")
+                self._engine.notify_dead_job(job_id, client.name, DIED_REASON)
                 return None
             with self._lock:
                 self._failures.setdefault(job_id, []).append((client.name, code))
@@ -266,37 +269,28 @@ class JobWatcher(FLComponent):
         now = time.monotonic() if now is None else now
         registered = dict(engine.client_manager.clients)  # token -> Client
         names = {c.name for c in registered.values()}
-        sent = []
+        lost: list[tuple[str, str, str]] = []
         for job_id, info in list(engine.run_processes.items()):
             participants = (info or {}).get(RunProcessKey.PARTICIPANTS) or {}
             for token, client in list(participants.items()):
-                if token in registered:
-                    continue
-                name = client.name
-                reason = "site restarted: its job is gone" if name in names else "site disconnected"
-                key = (job_id, name)
-                with self._lock:
-                    last = self._notified.get(key)
-                    if last is not None and now - last < self._renotify_interval:
-                        continue
-                    self._notified[key] = now
-                if last is None:
-                    self.logger.warning(f"FLIP JobWatcher: job {job_id} lost site {name} ({reason}).")
-                engine.notify_dead_job(job_id, name, reason)
-                sent.append((job_id, name, reason))
+                if token not in registered:
+                    reason = "site restarted: its job is gone" if client.name in names else "site disconnected"
+                    lost.append((job_id, client.name, reason))
         # A dead-job notice reaches only the workflow running when it arrives (NVFlare's communicator
         # of that workflow): a site whose job process died is still registered, so its notice is
-        # repeated here too, or the next workflow (cross-site validation) would wait for it for ever.
+        # repeated too, or the next workflow (cross-site validation) would wait for it for ever.
         with self._lock:
-            died = [key for key in self._died if key[0] in engine.run_processes]
-        for job_id, name in died:
+            lost += [(job_id, name, DIED_REASON) for job_id, name in self._died if job_id in engine.run_processes]
+        sent = []
+        for job_id, name, reason in lost:
             key = (job_id, name)
             with self._lock:
                 last = self._notified.get(key)
                 if last is not None and now - last < self._renotify_interval:
                     continue
                 self._notified[key] = now
-            reason = "job process ended unexpectedly"
+            if last is None:
+                self.logger.warning(f"FLIP JobWatcher: job {job_id} lost site {name} ({reason}).")
             engine.notify_dead_job(job_id, name, reason)
             sent.append((job_id, name, reason))
         return sent

@@ -88,6 +88,13 @@ def _non_negative(name: str, value: object) -> float:
     return value
 
 
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else an error naming them."""
+    if value not in choices:
+        raise FlipConfigError(f"{name} must be {' or '.join(choices)}, got {value!r}.")
+    return str(value)
+
+
 def _text(name: str, value: object, *, empty: bool = True) -> str:
     if not isinstance(value, str) or (not empty and not value.strip()):
         raise FlipConfigError(f"{name} must be {'a' if empty else 'a non-empty'} string, got {type(value).__name__}.")
@@ -162,11 +169,7 @@ class FlipRecipe(Recipe):
         self.dev_images_dir = (
             None if dev_images_dir is None else _text("dev_images_dir", str(dev_images_dir), empty=False)
         )
-        if execution_mode not in EXECUTION_MODES:
-            raise FlipConfigError(
-                f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, got {execution_mode!r}."
-            )
-        self.execution_mode = execution_mode
+        self.execution_mode = _choice("execution_mode", execution_mode, EXECUTION_MODES)
         if heart_beat_timeout is not None and execution_mode != "external_process":
             heart_beat_timeout = None  # NVFlare's in-process executor has no heartbeat (FLIP passes one anyway)
         self.heart_beat_timeout = (

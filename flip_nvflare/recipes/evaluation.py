@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from flip_nvflare.constants import JobType
-from flip_nvflare.errors import FlipConfigError
 from flip_nvflare.recipes.base import (
     _HUB_WIDGETS,
     EXCHANGE_FORMATS,
     TRANSFER_TYPES,
     FlipRecipe,
+    _choice,
     _non_negative,
     _script,
     _task_name,
@@ -83,14 +83,8 @@ class FlipEvalRecipe(FlipRecipe):
         self.eval_args = _text("eval_args", eval_args)
         self.validation_timeout = _non_negative("validation_timeout", validation_timeout)
         self.evaluate_task_name = _task_name("evaluate_task_name", evaluate_task_name)
-        if params_exchange_format not in EXCHANGE_FORMATS:
-            raise FlipConfigError(
-                f"params_exchange_format must be one of {', '.join(EXCHANGE_FORMATS)}, got {params_exchange_format!r}."
-            )
-        self.params_exchange_format = params_exchange_format
-        if params_transfer_type not in TRANSFER_TYPES:
-            raise FlipConfigError(f"params_transfer_type must be FULL or DIFF, got {params_transfer_type!r}.")
-        self.params_transfer_type = params_transfer_type
+        self.params_exchange_format = _choice("params_exchange_format", params_exchange_format, EXCHANGE_FORMATS)
+        self.params_transfer_type = _choice("params_transfer_type", params_transfer_type, TRANSFER_TYPES)
         self.checkpoint_dir = _text("checkpoint_dir", checkpoint_dir)
         super().__init__(
             min_clients=min_clients,

@@ -24,6 +24,7 @@ from flip_nvflare.recipes.base import (
     TRANSFER_TYPES,
     FlipRecipe,
     PercentilePrivacy,
+    _choice,
     _non_negative,
     _positive_int,
     _script,
@@ -120,14 +121,8 @@ class FlipFedAvgRecipe(FlipRecipe):
             "" if submit_model_task_name == "" else _task_name("submit_model_task_name", submit_model_task_name)
         )
         self.evaluate_task_name = _task_name("evaluate_task_name", evaluate_task_name)
-        if params_exchange_format not in EXCHANGE_FORMATS:
-            raise FlipConfigError(
-                f"params_exchange_format must be one of {', '.join(EXCHANGE_FORMATS)}, got {params_exchange_format!r}."
-            )
-        self.params_exchange_format = params_exchange_format
-        if params_transfer_type not in TRANSFER_TYPES:
-            raise FlipConfigError(f"params_transfer_type must be FULL or DIFF, got {params_transfer_type!r}.")
-        self.params_transfer_type = params_transfer_type
+        self.params_exchange_format = _choice("params_exchange_format", params_exchange_format, EXCHANGE_FORMATS)
+        self.params_transfer_type = _choice("params_transfer_type", params_transfer_type, TRANSFER_TYPES)
         self.aggregate_only_regex = _text("aggregate_only_regex", aggregate_only_regex)
         if self.aggregate_only_regex:
             try:

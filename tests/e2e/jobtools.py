@@ -24,6 +24,21 @@ PROD_QUERY = (
 )
 
 
+#: The demo's Client API app (scripts and the job.py that builds its recipe).
+DEMO_CLIENT_API = Path(__file__).resolve().parents[2] / "flip_nvflare_demo" / "app_client_api"
+
+
+def demo_client_api_job() -> Any:
+    """The demo's Client API ``job.py`` as a module (imported as a FLIP tutorial's job.py is run)."""
+    sys.path.insert(0, str(DEMO_CLIENT_API))
+    try:
+        import job
+
+        return job
+    finally:
+        sys.path.remove(str(DEMO_CLIENT_API))
+
+
 def copy_app(target: Path, *, parts: tuple[str, ...] = (), **config: Any) -> Path:
     """A copy of the demo app with ``config.json`` keys changed and test job parts added."""
     shutil.copytree(app_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))

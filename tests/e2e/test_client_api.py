@@ -20,21 +20,9 @@ import pytest
 from flip_emulator.handle import EmulatorHandle
 from flip_nvflare_demo.data import DemoData
 from tests.e2e.conftest import TRUSTS
-from tests.e2e.jobtools import JOBPARTS, PROD_QUERY, jsonl, read_zip, simulate
+from tests.e2e.jobtools import DEMO_CLIENT_API, JOBPARTS, PROD_QUERY, demo_client_api_job, jsonl, read_zip, simulate
 
 pytestmark = pytest.mark.e2e
-
-DEMO_CLIENT_API = Path(__file__).resolve().parents[2] / "flip_nvflare_demo" / "app_client_api"
-
-
-def _demo_job() -> object:
-    sys.path.insert(0, str(DEMO_CLIENT_API))
-    try:
-        import job  # the demo's job.py, as a FLIP tutorial's job.py
-
-        return job
-    finally:
-        sys.path.remove(str(DEMO_CLIENT_API))
 
 
 def _ledger(workspace: Path, job_name: str) -> Path:
@@ -46,7 +34,7 @@ def in_process_dev(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData
     from nvflare.recipe import SimEnv
 
     root = tmp_path_factory.mktemp("client-api-dev")
-    recipe = _demo_job().build(2, 2, "in_process", dev_data=demo_data.root)  # type: ignore[attr-defined]
+    recipe = demo_client_api_job().build(2, 2, "in_process", dev_data=demo_data.root)  # type: ignore[attr-defined]
     recipe.execute(SimEnv(num_clients=2, num_threads=2, workspace_root=str(root)))
     return _ledger(root, recipe.job.name)
 
@@ -120,7 +108,7 @@ def test_a_raising_script_reaches_the_hub_sanitized_and_the_run_ends_in_error(
 def exported_prod(tmp_path_factory: pytest.TempPathFactory, emulator: EmulatorHandle) -> tuple[object, object, Path]:
     root = tmp_path_factory.mktemp("client-api-prod")
     model = emulator.register_model(trusts=TRUSTS)
-    recipe = _demo_job().build(  # type: ignore[attr-defined]
+    recipe = demo_client_api_job().build(  # type: ignore[attr-defined]
         2,
         2,
         "in_process",
@@ -167,7 +155,7 @@ def evaluation_dev(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData
     from nvflare.recipe import SimEnv
 
     root = tmp_path_factory.mktemp("client-api-eval-dev")
-    recipe = _demo_job().build_evaluation(2, _checkpoints(root / "checkpoints"), dev_data=demo_data.root)  # type: ignore[attr-defined]
+    recipe = demo_client_api_job().build_evaluation(2, _checkpoints(root / "checkpoints"), dev_data=demo_data.root)  # type: ignore[attr-defined]
     recipe.execute(SimEnv(num_clients=2, num_threads=2, workspace_root=str(root / "ws")))
     return _ledger(root / "ws", recipe.job.name)
 
@@ -195,7 +183,7 @@ def evaluation_prod(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator
 
     root = tmp_path_factory.mktemp("client-api-eval-prod")
     model = emulator.register_model(trusts=TRUSTS)
-    recipe = _demo_job().build_evaluation(  # type: ignore[attr-defined]
+    recipe = demo_client_api_job().build_evaluation(  # type: ignore[attr-defined]
         2,
         _checkpoints(root / "checkpoints"),
         flip_mode="prod",

@@ -9,7 +9,6 @@ carries no copy of it, and the external script is started with the site's ``pyth
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ import pytest
 from flip_emulator.handle import EmulatorHandle, RegisteredModel
 from flip_emulator.store import ModelRecords
 from tests.e2e.conftest import TRUSTS
-from tests.e2e.jobtools import PROD_QUERY
+from tests.e2e.jobtools import PROD_QUERY, demo_client_api_job
 from tests.e2e.poc import PocDeployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.poc]
 
-DEMO_CLIENT_API = Path(__file__).resolve().parents[2] / "flip_nvflare_demo" / "app_client_api"
 EXECUTION_MODE = "external_process"
 
 
@@ -38,16 +36,6 @@ class PocClientApiRun:
     records: ModelRecords
     keys: list[str]
     logs: str
-
-
-def _demo_job() -> Any:
-    sys.path.insert(0, str(DEMO_CLIENT_API))
-    try:
-        import job  # the demo's job.py, as a FLIP tutorial's job.py
-
-        return job
-    finally:
-        sys.path.remove(str(DEMO_CLIENT_API))
 
 
 def _log_tails(poc: PocDeployment, job_id: str, lines: int = 40) -> str:
@@ -67,7 +55,7 @@ def poc_client_api(
 ) -> PocClientApiRun:
     root = tmp_path_factory.mktemp("poc-client-api")
     model = emulator.register_model(trusts=TRUSTS)
-    recipe = _demo_job().build(
+    recipe = demo_client_api_job().build(
         2,
         2,
         EXECUTION_MODE,
